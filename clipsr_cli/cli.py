@@ -1,0 +1,94 @@
+"""The ``clipsr`` command line: a Typer app whose commands are thin wrappers over the library.
+
+Exit statuses (documented in the README):
+  0 success · 1 error (one line on stderr; ``-v`` adds the traceback) · 2 usage error ·
+  3 ``batch``: some files failed · 130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from clipsr_cli import __version__
+from clipsr_cli.console import err_console, state
+from clipsr_cli.errors import ClipsrError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Group(TyperGroup):
+    """Turns every ``ClipsrError`` (from any command) into one line on stderr and exit 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:  # keep declaration order in --help
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ClipsrError as e:
+            if state.verbose:
+                err_console.print_exception()
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            if state.verbose:
+                err_console.print_exception()
+            err_console.print("[bold red]error:[/] out of memory; use a smaller --tile "
+                              "(e.g. --tile 128) or a smaller image", highlight=False)
+            raise typer.Exit(EXIT_ERROR) from None
+
+
+app = typer.Typer(
+    name="clipsr",
+    cls=_Group,
+    help="Text-guided image super-resolution (CLIP-SR): upscale images 4x, 8x or 16x, "
+         "optionally guided by a caption.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipsr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Text-guided image super-resolution."""
+
+
+def _register() -> None:
+    from clipsr_cli.commands import batch, download, edit, train, upscale
+
+    upscale.register(app)
+    batch.register(app)
+    edit.register(app)
+    train.register(app)
+    download.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="clipsr")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
