@@ -1,15 +1,45 @@
-"""`clipsr upscale` (not available yet)."""
+"""``clipsr upscale``: one image in, one image out."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from clipsr_cli.console import err_console
+from clipsr_cli.commands import options as o
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("upscale", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help="Not available yet.")
-    def _cmd() -> None:
-        err_console.print("error: 'clipsr upscale' is not available yet in this version", highlight=False)
-        raise typer.Exit(1)
+    @app.command("upscale")
+    def upscale(
+        input: Annotated[str, typer.Argument(help="Image to upscale, or - for stdin.",
+                                             show_default=False)],
+        output: Annotated[Optional[str], typer.Option(
+            "--output", "-o", help="Output file or directory, or - for stdout. Default: "
+            "<stem>_x<s>.<ext> beside the input.")] = None,
+        scale: o.Scale = None,
+        text: o.Text = None,
+        model: o.Model = None,
+        device: o.Device = "auto",
+        precision: o.PrecisionOpt = "auto",
+        tile: o.Tile = "auto",
+        tile_overlap: o.TileOverlap = None,
+        format: o.Format = None,
+        quality: o.Quality = 95,
+        overwrite: o.Overwrite = False,
+        quiet: o.Quiet = False,
+        verbose: o.Verbose = False,
+    ) -> None:
+        """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
+        from clipsr_cli.console import configure, info
+        from clipsr_cli.service import upscale_file
+
+        configure(verbose=verbose, quiet=quiet)
+        dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,
+                            device=device, precision=precision, tile=tile,
+                            tile_overlap=tile_overlap, format=format, quality=quality,
+                            overwrite=overwrite)
+        if dest is not None:
+            typer.echo(str(dest))  # the result, on stdout
+            info(f"wrote {dest}")

@@ -1,0 +1,31 @@
+"""Option declarations shared by the commands that run the engine (upscale, batch, edit)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Scale = Annotated[Optional[int], typer.Option(
+    "--scale", "-s", help="Upscaling factor: 4, 8 or 16 (2 for custom models). Default: the "
+    "model's scale, or 4.", show_default=False)]
+Text = Annotated[Optional[str], typer.Option(
+    "--text", "-t", help="Caption describing the image (text-guided models).")]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Registered model name or path to a .safetensors checkpoint. "
+    "Default: the built-in clipsr-lite model for the scale.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16/fp16 on GPUs, bf16 on CPUs with "
+    "native bf16, else fp32).")]
+Tile = Annotated[str, typer.Option(
+    help="Tile size in LR pixels: auto (from free memory), a number, or 0 for no tiling.")]
+TileOverlap = Annotated[Optional[int], typer.Option(
+    "--tile-overlap", help="Overlap between tiles in LR pixels (default: the model's hint).")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", "-f", help="Output format: png, jpeg, webp, tiff or bmp (default: from the "
+    "output name, else the input's).")]
+Quality = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")]

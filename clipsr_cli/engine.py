@@ -1,0 +1,336 @@
+"""The inference engine shared by ``upscale``, ``batch`` and ``edit``.
+
+Contract: images enter as (1, 3, H, W) float tensors in [0, 1] (any H × W); the engine pads to
+the model's multiple, computes the per-image conditioning (text + CLIP visual features) once,
+runs the generator tile by tile under ``torch.inference_mode()`` and the resolved precision,
+blends the tiles and crops back to exactly (s·H × s·W).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipsr_cli.config import ModelInfo
+from clipsr_cli.errors import DeviceError, InputError, ModelError
+from clipsr_cli.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+ProgressFn = Callable[[int, int], None]
+
+
+# -- device and precision: resolved in one place --------------------------------------------------
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; or an explicit ``cpu``/``cuda``/``cuda:N``/``mps``."""
+    if isinstance(spec, torch.device):
+        return spec
+    s = str(spec).strip().lower()
+    if s == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(s)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {spec!r} requested but CUDA is not available here; "
+                              "use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA "
+                              "device(s) here; use cuda:0 … or auto")
+        return dev
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError("device 'mps' requested but Apple MPS is not available here; "
+                              "use --device cpu (or auto)")
+        return dev
+    raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _cpu_bf16_fast() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - old or exotic builds
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for the generator (float32 = no autocast).
+
+    ``auto``: bf16 (or fp16 where bf16 is unsupported) on CUDA, fp16 on MPS, and on the CPU bf16
+    where oneDNN has native bf16 (measured ~3× faster, PSNR change < 0.001 dB), else fp32.
+    """
+    p = precision.lower()
+    if p not in ("auto", "fp32", "bf16", "fp16"):
+        raise DeviceError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if p == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.bfloat16 if _cpu_bf16_fast() else torch.float32
+    if p == "fp16" and device.type == "cpu":
+        raise DeviceError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 << 30
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    device: torch.device
+    dtype: torch.dtype
+    tile: int | Literal["auto"]
+    tile_overlap: int
+
+
+class Upscaler:
+    """Loads a model (and its CLIP) once and upscales images.
+
+    >>> up = Upscaler.load(scale=4)                       # built-in default for ×4
+    >>> big = up.upscale(PIL.Image.open("in.png"), text="a red bird")
+    """
+
+    def __init__(self, model, *, device: str | torch.device = "auto", precision: Precision = "auto",
+                 tile: int | str = "auto", tile_overlap: int | None = None, name: str | None = None):
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        self.model = model.to(dev).eval()
+        if dev.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.name = name or "model"
+        info = self.model.info
+        if tile_overlap is None:
+            tile_overlap = info.tile_overlap
+        if tile_overlap < 0:
+            raise InputError("--tile-overlap must be >= 0")
+        if isinstance(tile, str):
+            if tile.strip().lower() != "auto":
+                try:
+                    tile = int(tile)
+                except ValueError:
+                    raise InputError(f"--tile must be 'auto', 0 (off) or a size in LR pixels, "
+                                     f"not {tile!r}") from None
+            else:
+                tile = "auto"
+        if isinstance(tile, int) and tile < 0:
+            raise InputError("--tile must be 'auto', 0 (off) or a positive size")
+        self.settings = EngineSettings(dev, dtype, tile, tile_overlap)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, *, scale: int | None = None,
+             device: str | torch.device = "auto", precision: Precision = "auto",
+             tile: int | str = "auto", tile_overlap: int | None = None) -> "Upscaler":
+        """Load a registered model name or a ``.safetensors`` checkpoint path.
+
+        With ``model=None`` the built-in default for ``scale`` is used.
+        """
+        from clipsr_cli.checkpoint import load_checkpoint
+
+        dev = resolve_device(device)
+        resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
+        if model is None:
+            if scale is None:
+                raise ModelError("no model given; pass a model name/path or a scale")
+            model = _default_model(scale)
+        path = _resolve_model_path(str(model))
+        net = load_checkpoint(path, device=dev)
+        if scale is not None and net.info.scale != scale:
+            raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop -s or "
+                             f"pick a ×{scale} model (see 'clipsr models')")
+        return cls(net, device=dev, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                   name=str(model))
+
+    # -- description -----------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+    @property
+    def scale(self) -> int:
+        return self.model.info.scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.settings.device
+
+    # -- text ------------------------------------------------------------------------------------
+    def embed_text(self, text: str | None) -> torch.Tensor | None:
+        """Raw CLIP sentence embedding (1, D) of ``text``, cached per distinct text; None for an
+        image-only model or no text."""
+        if not self.info.text_conditioned or not text:
+            return None
+        if text not in self._text_cache:
+            with torch.inference_mode():
+                self._text_cache[text] = self.model.text_embedding([text]).clone()
+        return self._text_cache[text]
+
+    # -- core ------------------------------------------------------------------------------------
+    def _autocast(self):
+        dt, dev = self.settings.dtype, self.settings.device
+        return torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32)
+
+    def _tile_size(self, h: int, w: int) -> int:
+        tile = self.settings.tile
+        if tile != "auto":
+            return int(tile)
+        dev = self.settings.device
+        elem = 2 if self.settings.dtype != torch.float32 else 4
+        per_px = self.model.bytes_per_lr_pixel(elem)
+        budget = _available_memory(dev) * (0.5 if dev.type == "cuda" else 0.25)
+        budget = min(budget, (1.5 if dev.type == "cpu" else 16) * (1 << 30))
+        max_px = max(budget / per_px, 64 * 64)
+        if h * w <= max_px:
+            return 0
+        m = self.info.pad_multiple
+        side = int(max_px ** 0.5) - 2 * self.settings.tile_overlap
+        return max(64, side // m * m)
+
+    def bands(self, lr: torch.Tensor, text: str | None = None, *,
+              text_embedding: torch.Tensor | None = None,
+              progress: ProgressFn | None = None):
+        """Upscale ``lr`` (1, 3, H, W) in [0, 1]; yield finished output row bands
+        ``(y0, band)`` (float32, clamped to [0, 1], cropped to s·W wide, rows beyond s·H dropped).
+        This is the memory-lean core that every other method uses."""
+        if lr.ndim != 4 or lr.shape[1] != 3:
+            raise InputError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(lr.shape)}")
+        h, w = lr.shape[-2:]
+        if h == 0 or w == 0:
+            raise InputError("the image has zero size")
+        s, m = self.scale, self.info.pad_multiple
+        dev = self.settings.device
+        if text_embedding is None:
+            text_embedding = self.embed_text(text)
+        with torch.inference_mode():
+            x = lr.to(dev, torch.float32)
+            cond = self.model.condition(x, text_embedding.to(dev) if text_embedding is not None
+                                        else None)  # fp32: CLIP stays fp32
+            xp = pad_to_multiple(x, m)
+            if dev.type == "cpu":
+                xp = xp.contiguous(memory_format=torch.channels_last)
+            plan = plan_tiles(xp.shape[-2], xp.shape[-1], tile=self._tile_size(h, w),
+                              overlap=self.settings.tile_overlap, multiple=m)
+            total, done = count_tiles(plan), 0
+
+            def run(tile: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+                with self._autocast():
+                    return self.model(tile, cond, offset)
+
+            def tick() -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+            for y0, band in run_tiled(run, xp, s, plan, self.settings.tile_overlap, on_tile=tick):
+                if y0 >= h * s:
+                    break
+                band = band[:, :, :h * s - y0, :w * s].clamp_(0, 1)
+                yield y0, band
+
+    def upscale_tensor(self, lr: torch.Tensor, text: str | None = None, *,
+                       text_embedding: torch.Tensor | None = None,
+                       progress: ProgressFn | None = None) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1] → (1, 3, s·H, s·W) float32 in [0, 1] on the CPU."""
+        h, w = lr.shape[-2:]
+        out = torch.empty(1, 3, h * self.scale, w * self.scale)
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+            out[:, :, y0:y0 + band.shape[2]] = band.cpu()
+        return out
+
+    def upscale_array(self, lr: torch.Tensor, text: str | None = None, *, bit_depth: int = 8,
+                      text_embedding: torch.Tensor | None = None,
+                      progress: ProgressFn | None = None) -> np.ndarray:
+        """Like ``upscale_tensor`` but returns a quantised (s·H, s·W, 3) uint8/uint16 array, filled
+        band by band: a 192-megapixel output needs 0.6 GB (uint8), not 2.3 GB of float32."""
+        h, w = lr.shape[-2:]
+        h, w = int(h), int(w)
+        need = h * w * self.scale ** 2 * 3 * (2 if bit_depth == 16 else 1)
+        avail = _available_memory(torch.device("cpu"))
+        if need > 0.8 * avail:
+            raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
+                             f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
+                             "available; use a smaller scale or crop the image")
+        dtype, maxv = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=dtype)
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+            q = band[0].mul(maxv).round_().permute(1, 2, 0).cpu()
+            out[y0:y0 + q.shape[0]] = q.numpy().astype(dtype)
+        return out
+
+    def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None):
+        """Upscale a PIL image (→ PIL image; alpha kept, upscaled separately) or a
+        (1, 3, H, W) / (3, H, W) tensor in [0, 1] (→ tensor of the same rank)."""
+        if isinstance(image, torch.Tensor):
+            squeeze = image.ndim == 3
+            x = image.unsqueeze(0) if squeeze else image
+            out = self.upscale_tensor(x, text, progress=progress)
+            return out[0] if squeeze else out
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
+                             "PIL image or a tensor")
+        from clipsr_cli import imageio
+
+        loaded = imageio.from_pil(image)
+        rgb = self.upscale_array(loaded.rgb, text, bit_depth=loaded.bit_depth, progress=progress)
+        alpha = upscale_alpha(loaded.alpha, self.scale) if loaded.alpha is not None else None
+        return imageio.to_pil(rgb, alpha, bit_depth=loaded.bit_depth, grayscale=loaded.grayscale,
+                              icc_profile=loaded.icc_profile)
+
+
+def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
+    """Alpha is upscaled on its own (bicubic, clamped), never through the colour network."""
+    return F.interpolate(alpha.float(), scale_factor=scale, mode="bicubic",
+                         align_corners=False).clamp_(0, 1)
+
+
+def _default_model(scale: int) -> str:
+    from clipsr_cli import registry
+
+    return registry.default_model(scale)
+
+
+def _resolve_model_path(model: str) -> Path:
+    p = Path(model).expanduser()
+    if p.suffix == ".safetensors" or os.sep in model or p.exists():
+        if p.is_dir():
+            cand = p / "model.safetensors"
+            if cand.is_file():
+                return cand
+            raise ModelError(f"{p} is a directory without model.safetensors; pass a checkpoint file")
+        if not p.exists():
+            raise ModelError(f"checkpoint not found: {p}")
+        return p
+    from clipsr_cli import registry
+
+    return registry.resolve_model(model)
