@@ -1,0 +1,137 @@
+"""The CLIP-SR generator: shapes, text paths, checkpoint format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clipsr_cli.arch.clip import load_clip
+from clipsr_cli.arch.clipsr import build_model
+from clipsr_cli.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from clipsr_cli.config import ModelConfig
+from clipsr_cli.errors import ModelError
+from tests.conftest import perturb, tiny_config
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8, 16])
+def test_output_is_exactly_s_times_any_input(scale):
+    cfg = tiny_config(scale)
+    model = build_model(cfg).eval()
+    x = torch.rand(1, 3, 12, 20)  # multiples of pad_multiple (4): the engine pads others
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 3, 12 * scale, 20 * scale)
+
+
+def test_fresh_model_is_bicubic():
+    """Zero-initialised tail: an untrained network returns the bicubic skip exactly."""
+    model = build_model(tiny_config(4)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x)
+    ref = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+def _text_model(fu_fusion=True):
+    torch.manual_seed(0)
+    cfg = tiny_config(4, text=True, fu_fusion=fu_fusion)
+    model = perturb(build_model(cfg, load_clip(cfg.clip)), std=0.1).eval()
+    return model
+
+
+def _run(model, x, text):
+    with torch.no_grad():
+        emb = model.text_embedding([text])
+        return model(x, model.condition(x, emb))
+
+
+def test_text_reaches_output_through_both_paths():
+    x = torch.rand(1, 3, 16, 16)
+    model = _text_model()
+    a, b = _run(model, x, "a red bird"), _run(model, x, "a blue car on a road")
+    assert (a - b).abs().max() > 1e-3, "changing the text must change the output"
+
+    # path 1 alone: γ/β modulation (TIFBlocks) with the F_U fusion removed
+    no_fu = _text_model(fu_fusion=False)
+    no_fu.load_state_dict(model.state_dict())
+    a1, b1 = _run(no_fu, x, "a red bird"), _run(no_fu, x, "a blue car on a road")
+    assert (a1 - b1).abs().max() > 1e-3
+    assert (a1 - a).abs().max() > 1e-3, "removing the F_U fusion must change the output"
+
+    # path 2 alone: prompt predictor → CLIP visual → F_U, with every affine made text-blind
+    only_fu = _text_model()
+    only_fu.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, p in only_fu.named_parameters():
+            if (".aff" in name) and name.endswith("2.weight"):
+                p.zero_()  # γ, β no longer depend on the text
+    a2, b2 = _run(only_fu, x, "a red bird"), _run(only_fu, x, "a blue car on a road")
+    assert (a2 - b2).abs().max() > 1e-4, "text must reach the output through F_U alone"
+
+
+def test_null_text_is_used_without_text():
+    model = _text_model()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        none = model(x, model.condition(x, None))
+        none2 = model(x, model.condition(x, model.text_embedding([None])))
+    assert torch.allclose(none, none2)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = tiny_config(8, text=True)
+    model = perturb(build_model(cfg, load_clip(cfg.clip)))
+    path = save_checkpoint(tmp_path / "m.safetensors", model, cfg, training={"steps": 3})
+    cfg2, state, meta = read_checkpoint(path)
+    assert cfg2 == cfg
+    assert json.loads(meta["training"]) == {"steps": 3}
+    assert not any(k.startswith("_clip") or "clip.model" in k for k in state)  # CLIP not copied
+    loaded = load_checkpoint(path)
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(_run(loaded, x, "a bird"), _run(model.eval(), x, "a bird"))
+
+
+def test_fp16_storage_loads_as_fp32(tmp_path):
+    cfg = tiny_config(4)
+    path = save_checkpoint(tmp_path / "h.safetensors", build_model(cfg), cfg, dtype=torch.float16)
+    model = load_checkpoint(path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bad_checkpoints_are_named_errors(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(ModelError, match="not a clipsr checkpoint|not a valid"):
+        read_checkpoint(junk)
+    cfg = tiny_config(4)
+    good = save_checkpoint(tmp_path / "g.safetensors", build_model(cfg), cfg)
+    trunc = tmp_path / "t.safetensors"
+    trunc.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ModelError, match="truncated|not a valid"):
+        read_checkpoint(trunc)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(ModelError, match="not a clipsr checkpoint"):
+        read_checkpoint(plain)
+    with pytest.raises(ModelError, match="not found"):
+        read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_config_rejects_unknown_keys_and_bad_scale():
+    with pytest.raises(ModelError, match="unknown model config keys"):
+        ModelConfig.from_dict({"scale": 4, "bogus": 1})
+    with pytest.raises(ModelError, match="scale"):
+        ModelConfig(scale=3)
+
+
+def test_model_describes_itself():
+    info = build_model(tiny_config(16)).info
+    assert info.scale == 16 and not info.text_conditioned and info.pad_multiple == 4
+    assert info.tile_overlap % info.pad_multiple == 0 and info.parameters > 0
+    tinfo = _text_model().info
+    assert tinfo.text_conditioned and tinfo.clip == "clipsr-tiny:random"
