@@ -1,15 +1,92 @@
-"""`clipsr train` (not available yet)."""
+"""``clipsr train``: train (or fine-tune) a CLIP-SR generator; the work is in ``clipsr_cli.train``."""
 
 from __future__ import annotations
 
+from typing import Annotated, List, Optional
+
 import typer
 
-from clipsr_cli.console import err_console
+_P = "Training"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help="Not available yet.")
-    def _cmd() -> None:
-        err_console.print("error: 'clipsr train' is not available yet in this version", highlight=False)
-        raise typer.Exit(1)
+    @app.command("train")
+    def train(
+        data: Annotated[Optional[str], typer.Option(
+            "--data", "-d", help="Training images: a folder, a manifest, or a birds/celeba/coco "
+            "dataset root.", show_default=False)] = None,
+        out: Annotated[Optional[str], typer.Option(
+            "--out", "-o", help="Run directory (config, metrics, checkpoint, model.safetensors).",
+            show_default=False)] = None,
+        scale: Annotated[Optional[int], typer.Option(
+            "--scale", "-s", help="Upscaling factor: 2, 4, 8 or 16 [default: 4].", show_default=False)] = None,
+        format: Annotated[Optional[str], typer.Option(
+            "--format", help="Dataset layout: auto, folder, manifest, birds, celeba or coco.",
+            show_default=False)] = None,
+        config: Annotated[Optional[str], typer.Option(
+            "--config", "-c", help="TOML file with any training settings (flags override it).",
+            show_default=False)] = None,
+        preset: Annotated[Optional[str], typer.Option(
+            "--preset", help="psnr (reconstruction loss only; fast; default) or gan (+ perceptual, "
+            "CLIP discriminator, CLIP similarity; usually with --init).", show_default=False)] = None,
+        steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps.",
+                                                     show_default=False)] = None,
+        batch_size: Annotated[Optional[int], typer.Option(
+            "--batch-size", "-b", help="Patches per step (per process).", show_default=False)] = None,
+        patch_size: Annotated[Optional[int], typer.Option(
+            "--patch-size", help="LR patch side (the HR crop is patch x scale).", show_default=False)] = None,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Peak generator learning rate.",
+                                                    show_default=False)] = None,
+        clip: Annotated[Optional[str], typer.Option(
+            "--clip", help="none (image-only), ARCH or ARCH:WEIGHTS (weights: registry entry, file, "
+            "open_clip tag or random) [default: ViT-B-32:openai].", show_default=False)] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
+                                             "checkpoint.")] = False,
+        init: Annotated[Optional[str], typer.Option(
+            "--init", help="Start from this clipsr checkpoint (its architecture, scale and CLIP).",
+            show_default=False)] = None,
+        val: Annotated[Optional[str], typer.Option(
+            "--val", help="Validation images (Y-PSNR/SSIM of the EMA model vs bicubic).",
+            show_default=False)] = None,
+        device: Annotated[Optional[str], typer.Option(
+            "--device", help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+        precision: Annotated[Optional[str], typer.Option(
+            "--precision", help="auto, fp32, bf16 or fp16 (autocast).", show_default=False)] = None,
+        workers: Annotated[Optional[int], typer.Option(
+            "--workers", help="DataLoader workers for datasets streamed from disk.",
+            show_default=False)] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)] = None,
+        time_limit: Annotated[Optional[float], typer.Option(
+            "--time-limit", help="Stop cleanly after this many seconds (checkpoint + export).",
+            show_default=False)] = None,
+        val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps.",
+                                                         show_default=False)] = None,
+        checkpoint_every: Annotated[Optional[int], typer.Option(
+            "--checkpoint-every", help="Checkpoint and export every N steps.", show_default=False)] = None,
+        log_every: Annotated[Optional[int], typer.Option("--log-every", help="Log losses every N steps.",
+                                                         show_default=False)] = None,
+        set_: Annotated[Optional[List[str]], typer.Option(
+            "--set", help="Any setting as SECTION.KEY=VALUE (TOML value), e.g. "
+            "--set model.body_blocks=8 --set data.rot90=true. Repeatable.", show_default=False)] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
+    ) -> None:
+        """Train a model on a dataset; exports RUN_DIR/model.safetensors (EMA weights)."""
+        from clipsr_cli.console import configure
+        from clipsr_cli.train.config import config_from_cli
+
+        configure(verbose=verbose, quiet=quiet)
+        flags = {
+            "data": {"path": data, "format": format, "scale": scale, "batch_size": batch_size,
+                     "patch_size": patch_size, "val": val, "workers": workers},
+            "optim": {"lr": lr},
+            "run": {"out": out, "steps": steps, "clip": clip, "init": init, "device": device,
+                    "precision": precision, "seed": seed, "time_limit": time_limit,
+                    "val_every": val_every, "checkpoint_every": checkpoint_every,
+                    "log_every": log_every},
+        }
+        cfg = config_from_cli(config=config, preset=preset, resume=resume, flags=flags, sets=set_)
+        from clipsr_cli.train.loop import train as run
+
+        result = run(cfg, resume=resume)
+        typer.echo(str(result.export))  # the result, on stdout

@@ -1,0 +1,19 @@
+"""Training (``clipsr train``): kept apart from inference; import cost is paid only when training.
+
+Public names: ``TrainConfig``, ``resolve_config``, ``train``, ``TrainResult``.
+"""
+
+from __future__ import annotations
+
+from clipsr_cli.train.config import TrainConfig, resolve_config
+
+
+def __getattr__(name: str):
+    if name in ("train", "TrainResult"):
+        from clipsr_cli.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'clipsr_cli.train' has no attribute {name!r}")
+
+
+__all__ = ["TrainConfig", "resolve_config", "train", "TrainResult"]

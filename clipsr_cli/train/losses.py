@@ -1,0 +1,128 @@
+"""Generator losses: reconstruction (L1 / Charbonnier), perceptual (VGG16 or CLIP), CLIP similarity.
+
+Nothing here downloads: VGG16 is used only when torchvision's ImageNet weights are already in
+the torch hub cache (``torch.hub.get_dir()/checkpoints``), loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1
+
+
+def pixel_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if kind == "l1":
+        return lambda a, b: F.l1_loss(a.float(), b.float())
+    if kind == "charbonnier":
+        return lambda a, b: torch.sqrt((a.float() - b.float()) ** 2 + 1e-6).mean()
+    raise ValueError(kind)
+
+
+def clip_forward(clip, img: torch.Tensor, layers: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One pass of CLIP's visual transformer over ``img`` in [0,1]: the patch-token maps after
+    the given (1-based) blocks and the image embedding (B, D). Differentiable w.r.t. ``img``."""
+    visual = clip.model.visual
+    x = visual._embeds(clip.preprocess(img))
+    g = int(round((x.shape[1] - 1) ** 0.5))
+    maps = []
+    for i, blk in enumerate(visual.transformer.resblocks):
+        x = blk(x)
+        if (i + 1) in layers:
+            t = x[:, 1:1 + g * g]
+            maps.append(t.transpose(1, 2).reshape(x.shape[0], -1, g, g))
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return maps, pooled.float()
+
+
+def clamp_layers(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Map block indices meant for a 12-block ViT onto a CLIP of ``depth`` blocks (kept if they fit)."""
+    if max(layers) <= depth:
+        return tuple(layers)
+    out = sorted({max(1, min(depth, round(l * depth / 12))) for l in layers})
+    return tuple(out)
+
+
+class VGGPerceptual(nn.Module):
+    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3) of ImageNet-normalised images."""
+
+    CUTS = (4, 9, 16, 23)
+
+    def __init__(self, weights_path: Path):
+        super().__init__()
+        from torchvision.models import vgg16
+
+        net = vgg16()
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        self.features = net.features[:self.CUTS[-1]].eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([sr, hr]).float().sub(self.mean).div(self.std)
+        loss = x.new_zeros(())
+        start = 0
+        for cut in self.CUTS:
+            x = self.features[start:cut](x)
+            start = cut
+            a, b = x.chunk(2)
+            loss = loss + F.l1_loss(a, b.detach())
+        return loss / len(self.CUTS)
+
+
+class ClipPerceptual(nn.Module):
+    """L1 between CLIP visual patch tokens (a few blocks) of SR and HR: the fallback perceptual loss."""
+
+    def __init__(self, clip, layers: tuple[int, ...] = (2, 4, 6)):
+        super().__init__()
+        object.__setattr__(self, "clip", clip)  # frozen, not a submodule
+        self.layers = clamp_layers(layers, len(clip.model.visual.transformer.resblocks))
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        maps, _ = clip_forward(self.clip, torch.cat([sr, hr]).float(), self.layers)
+        loss = sr.new_zeros((), dtype=torch.float32)
+        for m in maps:
+            a, b = m.chunk(2)
+            loss = loss + F.l1_loss(a, b.detach())
+        return loss / len(maps)
+
+
+def vgg16_cached_weights() -> Path | None:
+    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+    return p if p.is_file() else None
+
+
+def build_perceptual(kind: str, clip, warn) -> tuple[nn.Module | None, str]:
+    """The perceptual loss for ``kind`` (auto/vgg16/clip/none) and the name of what was chosen."""
+    from clipsr_cli.errors import TrainingError
+
+    if kind == "none":
+        return None, "none"
+    if kind in ("auto", "vgg16"):
+        path = vgg16_cached_weights()
+        if path is not None:
+            return VGGPerceptual(path), "vgg16"
+        if kind == "vgg16":
+            raise TrainingError(f"loss.perceptual = 'vgg16' needs torchvision's VGG16 weights at "
+                                f"{Path(torch.hub.get_dir()) / 'checkpoints' / VGG16_FILE} (nothing is "
+                                "downloaded during training); copy them there or use 'clip' or 'auto'")
+    if clip is not None:
+        if kind == "auto":
+            warn("VGG16 weights are not in the torch hub cache: using CLIP visual features for the "
+                 "perceptual loss")
+        return ClipPerceptual(clip), "clip"
+    if kind == "clip":
+        raise TrainingError("loss.perceptual = 'clip' needs a CLIP (--clip ARCH, or a gan run)")
+    warn("no VGG16 weights in the torch hub cache and no CLIP: training without a perceptual loss")
+    return None, "none"
