@@ -211,7 +211,7 @@ def test_row_blocks_join_seamlessly(tmp_path, monkeypatch):
     monkeypatch.setattr(imageio, "_BLOCK", 80)  # blocks of 2 (PNG filter) and 8 (quantise) rows
     blocks = [read_image(write_image(tmp_path / "b.png", data[..., :3], data[..., 3])),
               read_image(write_image(tmp_path / "b.bmp", rgb, alpha))]
-    for x, y in zip(whole, blocks):
+    for x, y in zip(whole, blocks, strict=True):
         assert torch.equal(x.rgb, y.rgb)
     assert np.array_equal(as_u16(blocks[0].rgb), data[..., :3])
 
