@@ -1,15 +1,174 @@
-"""`clipsr download` (not available yet)."""
+"""``clipsr download`` (fetch, list, verify, install by hand) and ``clipsr models`` (a table).
+
+Thin: the work is in ``clipsr_cli.registry`` and ``clipsr_cli.download``. Results (paths, the
+table, the list) go to stdout; progress and messages to stderr.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from clipsr_cli.console import err_console
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _status_label(entry, status: str) -> str:
+    if status == "installed":
+        return "built-in" if entry.source == "package" else "yes"
+    return {"missing": "no", "damaged": "damaged", "unverified": "unverified"}[status]
+
+
+def _size(entry) -> int | None:
+    if entry.size is not None:
+        return entry.size
+    from clipsr_cli.registry import installed_path
+
+    p = installed_path(entry)
+    return p.stat().st_size if p.is_file() else None
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("download", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help="Not available yet.")
-    def _cmd() -> None:
-        err_console.print("error: 'clipsr download' is not available yet in this version", highlight=False)
-        raise typer.Exit(1)
+    @app.command("download")
+    def download(
+        ctx: typer.Context,
+        names: Annotated[Optional[list[str]], typer.Argument(
+            help="Registered model names (see 'clipsr models').", metavar="NAME",
+            show_default=False)] = None,
+        all_: Annotated[bool, typer.Option(
+            "--all", help="Every registered model clipsr can use.")] = False,
+        list_: Annotated[bool, typer.Option(
+            "--list", help="List registered models and whether they are installed.")] = False,
+        verify: Annotated[bool, typer.Option(
+            "--verify", help="Re-hash installed files (or NAMEs) and report mismatches.")] = False,
+        force: Annotated[bool, typer.Option(
+            "--force", help="Download again even when installed.")] = False,
+        offline: Annotated[bool, typer.Option(
+            "--offline", help="No network (file:// mirrors and --from still work). Also "
+            "CLIPSR_OFFLINE=1 or HF_HUB_OFFLINE=1.")] = False,
+        from_: Annotated[Optional[Path], typer.Option(
+            "--from", help="Install a file downloaded by hand as NAME, after checking its "
+            "sha256.", show_default=False)] = None,
+        quiet: Quiet = False,
+        verbose: Verbose = False,
+    ) -> None:
+        """Download registered models into the cache (sha256-verified, resumable)."""
+        from clipsr_cli import download as dl
+        from clipsr_cli import registry
+        from clipsr_cli.console import configure, err_console, info
+        from clipsr_cli.errors import ClipsrError, DownloadError
+
+        configure(verbose=verbose, quiet=quiet)
+        if offline:
+            registry.set_offline(True)
+        names = names or []
+        modes = sum([all_, list_, verify, from_ is not None])
+        if modes > 1 and not (verify and all_):
+            ctx.fail("use one of --all, --list, --verify, --from at a time")
+        reg = registry.load_registry()
+        entries = [reg.get(n) for n in names]  # fail fast on a misspelt name
+
+        if list_:
+            for e in entries or list(reg):
+                status = _status_label(e, dl.install_status(e))
+                scale = f"x{e.scale}" if e.scale else "-"
+                typer.echo(f"{e.name:<22} {e.kind:<9} {scale:<4} {format_size(_size(e)):>9}  "
+                           f"{status:<10} {e.description}")
+            return
+
+        if from_ is not None:
+            if len(entries) != 1:
+                ctx.fail("--from installs one file: name exactly one model")
+            path = dl.install_from_file(entries[0], from_)
+            info(f"installed {entries[0].name} (sha256 verified)")
+            typer.echo(str(path))
+            return
+
+        if verify:
+            checked = entries or [e for e in reg if dl.install_status(e) != "missing"]
+            bad = []
+            for e in checked:
+                r = dl.verify(e)
+                if r.status == "ok":
+                    typer.echo(f"ok        {e.name}  {r.path}")
+                elif r.status == "missing":
+                    typer.echo(f"missing   {e.name}")
+                    bad.append(e.name)
+                else:
+                    typer.echo(f"MISMATCH  {e.name}  {r.path}: expected sha256 {e.sha256}, "
+                               f"got {r.actual} ({r.size} bytes)")
+                    bad.append(e.name)
+            if not checked:
+                info("no installed models to verify")
+            if bad:
+                raise DownloadError(f"{len(bad)} of {len(checked)} model file(s) failed "
+                                    f"verification ({', '.join(bad)}); they will not be loaded: "
+                                    f"run 'clipsr download {' '.join(bad)} --force'")
+            return
+
+        if all_:
+            entries = []
+            for e in reg:
+                if e.usable:
+                    entries.append(e)
+                else:
+                    info(f"skipping {e.name} (not usable by CLIP-SR); name it to download it")
+        if not entries:
+            ctx.fail("name one or more models (see 'clipsr models'), or use "
+                                     "--all or --list")
+        failed: list[tuple[str, ClipsrError]] = []
+        for e in entries:
+            if not force and dl.install_status(e) == "installed":
+                info(f"{e.name} is already installed")
+            try:
+                path = dl.ensure(e, force=force)
+            except ClipsrError as err:
+                if len(entries) == 1:
+                    raise
+                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                failed.append((e.name, err))
+                continue
+            typer.echo(str(path))
+        if failed:
+            raise DownloadError(f"{len(failed)} of {len(entries)} downloads failed: "
+                                f"{', '.join(n for n, _ in failed)}")
+
+    @app.command("models")
+    def models() -> None:
+        """List registered models: scale, text-guided or not, size, license, installed."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from clipsr_cli import download as dl
+        from clipsr_cli import registry
+
+        reg = registry.load_registry()
+        table = Table(title=None, box=None, header_style="bold", pad_edge=False)
+        table.add_column("name", no_wrap=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("scale", justify="right", no_wrap=True)
+        table.add_column("text", no_wrap=True)
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("license", overflow="fold")
+        table.add_column("installed", no_wrap=True)
+        for e in reg:
+            kind = "generator" if e.kind == "generator" else "CLIP" + ("" if e.usable
+                                                                       else " (unusable)")
+            text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
+            table.add_row(e.name, kind, f"x{e.scale}" if e.scale else "-", text,
+                          format_size(_size(e)), e.license,
+                          _status_label(e, dl.install_status(e)))
+        Console(highlight=False).print(table)

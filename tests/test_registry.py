@@ -1,0 +1,253 @@
+"""The registry: schema (frozen dataclasses, unknown keys and missing fields rejected with the
+file and entry named), merging, lookups, built-in package entries, offline detection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import textwrap
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsr_cli import download as dl
+from clipsr_cli import registry
+from clipsr_cli.cli import app
+from clipsr_cli.errors import DownloadError, ModelError
+
+SHA = "ab" * 32
+
+GOOD = textwrap.dedent(f"""
+    [[model]]
+    name = "foo-x4"
+    kind = "generator"
+    description = "a test model"
+    license = "MIT"
+    file = "foo-x4.safetensors"
+    size = 10
+    sha256 = "{SHA}"
+    urls = ["https://example.invalid/foo-x4.safetensors"]
+    scale = 4
+    text_guided = true
+    clip = "ViT-B-32:openai"
+""")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("CLIPSR_HOME", str(h))
+    for var in ("CLIPSR_REGISTRY", "CLIPSR_MIRROR", "CLIPSR_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(registry, "_offline_flag", False)
+    return h
+
+
+def _write(tmp_path: Path, text: str, name: str = "reg.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_builtin_registry_has_the_clip_backbones(home):
+    reg = registry.load_registry()
+    for arch, sha in [("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+                      ("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
+                      ("ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+                      ("RN50", "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762")]:
+        e = reg.clip_entry(arch, "openai")
+        assert e is not None and e.kind == "clip" and e.sha256 == sha
+        assert e.urls and all(f"/{sha}/{arch}.pt" in u for u in e.urls)  # the URL names the hash
+        assert reg.find(f"{arch}:openai") == e
+    assert not reg.get("clip-rn50").usable and "not usable" in reg.get("clip-rn50").description
+    assert reg.get("clip-vit-b-32").usable
+
+
+def test_repo_root_models_toml_is_the_package_file():
+    root = Path(__file__).resolve().parents[1] / "models.toml"
+    assert root.is_symlink() and root.resolve() == registry.BUILTIN_REGISTRY.resolve()
+
+
+def test_entry_parses_into_a_frozen_dataclass(tmp_path):
+    (e,) = registry.parse_registry_file(_write(tmp_path, GOOD))
+    assert (e.name, e.kind, e.scale, e.text_guided, e.clip, e.size) == (
+        "foo-x4", "generator", 4, True, "ViT-B-32:openai", 10)
+    assert e.urls == ("https://example.invalid/foo-x4.safetensors",) and e.source == "url"
+    with pytest.raises(FrozenInstanceError):
+        e.name = "bar"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('license = "MIT"', 'license = "MIT"\ncolour = "red"'), "unknown keys ['colour']"),
+    (lambda t: t.replace('license = "MIT"\n', ""), "missing keys ['license']"),
+    (lambda t: t.replace('name = "foo-x4"\n', ""), "missing keys ['name']"),
+    (lambda t: t.replace(SHA, "abc"), "64 lower-case hex"),
+    (lambda t: t.replace("size = 10", "size = -1"), "positive integer"),
+    (lambda t: t.replace("foo-x4.safetensors\"\n", "foo-x4.pth\"\n", 1), ".safetensors"),
+    (lambda t: t.replace("scale = 4", "scale = 3"), "'scale' must be one of"),
+    (lambda t: t.replace('clip = "ViT-B-32:openai"', ""), "needs 'clip'"),
+    (lambda t: t.replace('kind = "generator"', 'kind = "lora"'), "'kind' must be"),
+    (lambda t: t.replace("https://example", "ftp://example"), "must start with"),
+    (lambda t: t.replace('urls = ["https://example.invalid/foo-x4.safetensors"]', ""), "needs at least one URL"),
+    (lambda t: t.replace('file = "foo-x4.safetensors"', 'file = "../foo.safetensors"'), "plain file name"),
+    (lambda t: t.replace('name = "foo-x4"', 'name = "a/b"'), "may only contain"),
+    (lambda t: t.replace('clip = "ViT-B-32:openai"', 'clip = "ViT-B-32:openai"\narch = "ViT-B-32"'), "only for CLIP entries"),
+    (lambda t: t + t, "defined twice"),
+    (lambda t: "version = 2\n" + t, "unknown top-level keys"),
+    (lambda t: t.replace("[[model]]", "[[model]"), "not valid TOML"),
+])
+def test_bad_entries_are_rejected_naming_file_and_entry(tmp_path, edit, message):
+    path = _write(tmp_path, edit(GOOD))
+    with pytest.raises(ModelError) as e:
+        registry.parse_registry_file(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+    if "top-level" not in message and "TOML" not in message:  # the entry is named too
+        entry = {"may only contain": "model 'a/b'", "missing keys ['name']": "model entry #1"}
+        assert entry.get(message, "model 'foo-x4'") in str(e.value)
+
+
+def test_clip_entry_schema(tmp_path):
+    text = textwrap.dedent(f"""
+        [[model]]
+        name = "my-clip"
+        kind = "clip"
+        description = "d"
+        license = "MIT"
+        file = "c.pt"
+        sha256 = "{SHA}"
+        urls = ["file:///srv/c.pt"]
+        arch = "ViT-B-16"
+        weights = "mine"
+    """)
+    (e,) = registry.parse_registry_file(_write(tmp_path, text))
+    assert e.clip_spec == "ViT-B-16:mine" and e.size is None  # size is optional
+    with pytest.raises(ModelError, match="needs 'weights'"):
+        registry.parse_registry_file(_write(tmp_path, text.replace('weights = "mine"', "")))
+    with pytest.raises(ModelError, match="only for generator entries"):
+        registry.parse_registry_file(_write(tmp_path, text + "scale = 4\n"))
+
+
+def test_a_bad_registry_is_one_error_line_on_the_cli(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, GOOD.replace("scale = 4", "scale = 5"))))
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error:") and "'foo-x4'" in r.stderr and "reg.toml" in r.stderr
+    assert "Traceback" not in r.output
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(tmp_path / "missing.toml"))
+    r = CliRunner().invoke(app, ["download", "--list"])
+    assert r.exit_code == 1 and "registry file not found" in r.stderr
+
+
+def test_cache_dir_default_and_clipsr_home(home, monkeypatch):
+    assert registry.cache_dir() == home
+    monkeypatch.delenv("CLIPSR_HOME")
+    import platformdirs
+
+    assert registry.cache_dir() == Path(platformdirs.user_data_dir("clipsr", appauthor=False))
+
+
+def test_later_registry_files_win(home, tmp_path, monkeypatch):
+    home.mkdir()
+    (home / "models.toml").write_text(GOOD)
+    assert registry.load_registry().get("foo-x4").origin == str(home / "models.toml")
+    extra = _write(tmp_path, GOOD.replace('description = "a test model"', 'description = "newer"'))
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(extra))
+    reg = registry.load_registry()
+    assert reg.get("foo-x4").description == "newer" and reg.get("foo-x4").origin == str(extra)
+    assert "clip-vit-b-32" in reg
+
+
+def test_unknown_names_suggest_close_matches(home):
+    with pytest.raises(ModelError, match=r"did you mean 'clip-vit-b-16'"):
+        registry.resolve_model("clip-vit-b-61")
+    with pytest.raises(ModelError, match="clipsr models"):
+        registry.resolve_model("zzzzzz")
+
+
+def test_resolve_model_paths(home, tmp_path):
+    f = tmp_path / "mine.safetensors"
+    f.write_bytes(b"x")
+    assert registry.resolve_model(str(f)) == f
+    with pytest.raises(ModelError, match="not found"):
+        registry.resolve_model(str(tmp_path / "nope.safetensors"))
+    pt = tmp_path / "evil.pt"
+    pt.write_bytes(b"x")
+    with pytest.raises(ModelError, match="never unpickles"):
+        registry.resolve_model(str(pt))
+
+
+def test_offline_detection(home, monkeypatch):
+    assert registry.is_offline() and registry.offline_reason() == "HF_HUB_OFFLINE=1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not registry.is_offline()
+    monkeypatch.setenv("CLIPSR_OFFLINE", "true")
+    assert registry.offline_reason() == "CLIPSR_OFFLINE=1"
+    monkeypatch.delenv("CLIPSR_OFFLINE")
+    registry.set_offline(True)
+    assert registry.offline_reason() == "--offline"
+    registry.set_offline(False)
+    assert not registry.is_offline()
+
+
+def test_clip_weights_path_offline_and_unknown(home):
+    assert registry.clip_weights_path("ViT-B-32", "laion2b_s34b_b79k") is None
+    with pytest.raises(DownloadError) as e:
+        registry.clip_weights_path("ViT-B-32", "openai")
+    msg = str(e.value)
+    assert "'clipsr download clip-vit-b-32'" in msg and "openaipublic.azureedge.net" in msg
+
+
+def _package_entry(sha: str, size: int, name: str = "clipsr-lite-x4", scale: int = 4) -> str:
+    return textwrap.dedent(f"""
+        [[model]]
+        name = "{name}"
+        kind = "generator"
+        source = "package"
+        description = "built-in"
+        license = "MIT"
+        file = "{name}.safetensors"
+        size = {size}
+        sha256 = "{sha}"
+        scale = {scale}
+        text_guided = false
+    """)
+
+
+def test_default_model_and_package_entries(home, tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="no built-in model for scale 8x"):
+        registry.default_model(8)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    data = b"pretend safetensors"
+    (weights / "clipsr-lite-x4.safetensors").write_bytes(data)
+    monkeypatch.setattr(registry, "PACKAGE_WEIGHTS", weights)
+    sha = hashlib.sha256(data).hexdigest()
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry(sha, len(data)))))
+    assert registry.default_model(4) == "clipsr-lite-x4"
+    # package files need no network, even offline, and are checked
+    assert registry.resolve_model("clipsr-lite-x4") == weights / "clipsr-lite-x4.safetensors"
+    assert dl.install_status(registry.load_registry().get("clipsr-lite-x4")) == "installed"
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry("0" * 64, len(data)))))
+    with pytest.raises(ModelError, match="damaged"):
+        registry.resolve_model("clipsr-lite-x4")
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry(sha, 3))))
+    with pytest.raises(ModelError, match="reinstall clipsr"):
+        registry.resolve_model("clipsr-lite-x4")
+    with pytest.raises(ModelError, match="no built-in model for scale 8x"):
+        registry.default_model(8)
+    with pytest.raises(ModelError, match="takes no 'urls'"):
+        registry.parse_registry_file(_write(
+            tmp_path, _package_entry(sha, 3) + 'urls = ["https://x.invalid/a"]\n'))
+
+
+def test_registry_helpers_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, clipsr_cli.registry, clipsr_cli.download; "
+            "sys.exit('torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
