@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -99,9 +100,15 @@ def _marker_path(path: Path) -> Path:
 def _write_marker(path: Path, sha256: str) -> None:
     st = path.stat()
     data = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    from clipsr_cli.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(_marker_path(path), json.dumps(data).encode())
+    marker = _marker_path(path)
+    # like checkpoint.atomic_write_bytes, without importing torch into `clipsr download`
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, marker)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_marker(path: Path) -> dict | None:

@@ -243,11 +243,14 @@ def test_default_model_and_package_entries(home, tmp_path, monkeypatch):
             tmp_path, _package_entry(sha, 3) + 'urls = ["https://x.invalid/a"]\n'))
 
 
-def test_registry_helpers_import_no_torch():
+def test_registry_and_downloads_import_no_torch(home):
     import subprocess
     import sys
 
-    code = ("import sys, clipsr_cli.registry, clipsr_cli.download; "
+    code = ("import sys, clipsr_cli.registry, clipsr_cli.download as d; "
+            "e = clipsr_cli.registry.load_registry().get('clip-vit-b-32'); "
+            "p = clipsr_cli.registry.installed_path(e); p.parent.mkdir(parents=True); "
+            "d._write_marker(p, e.sha256) if p.write_bytes(b'x') else None; "
             "sys.exit('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
