@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from clipsr_cli.config import SCALES
-from clipsr_cli.errors import ClipsrError, InputError
+from clipsr_cli.errors import InputError
 
 PRESETS = ("psnr", "gan")
 DEFAULT_CLIP = "ViT-B-32:openai"
@@ -326,11 +327,40 @@ def resolve_config(*, file: str | Path | None = None, preset: str | None = None,
         if preset and preset != base.preset:
             raise ConfigError(f"cannot switch preset from {base.preset!r} to {preset!r} on resume; "
                               "start a new run with --init instead")
+    if file is not None:
+        file_over = _anchor_paths(file_over, Path(file).expanduser().resolve().parent)
     cfg = apply_overrides(cfg, file_over, source=str(file))
     cfg = apply_overrides(cfg, {k: {kk: vv for kk, vv in v.items() if vv is not None}
                                 for k, v in (flags or {}).items()}, source="command line")
+    cfg = _absolute_paths(cfg)
     validate(cfg)
     return cfg
+
+
+_PATH_KEYS = (("data", "path"), ("data", "val"), ("run", "out"), ("run", "init"))
+
+
+def _anchor_paths(over: dict[str, dict[str, Any]], base: Path) -> dict[str, dict[str, Any]]:
+    """Relative paths written in a config file are relative to that file's folder."""
+    over = {k: dict(v) if isinstance(v, dict) else v for k, v in over.items()}
+    for sec, key in _PATH_KEYS:
+        v = over.get(sec, {}).get(key) if isinstance(over.get(sec), dict) else None
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            over[sec][key] = os.path.normpath(str(base / Path(v).expanduser()))
+    return over
+
+
+def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Store absolute paths (flags are relative to the working directory), so that the saved
+    config.toml resumes from anywhere."""
+    changes: dict[str, dict[str, Any]] = {}
+    for sec, key in _PATH_KEYS:
+        v = getattr(getattr(cfg, sec), key)
+        if v:
+            a = str(Path(v).expanduser().absolute())
+            if a != v:
+                changes.setdefault(sec, {})[key] = a
+    return apply_overrides(cfg, changes, source="paths") if changes else cfg
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -418,7 +448,9 @@ def config_from_cli(*, config: str | None, preset: str | None, resume: bool,
     else:
         init = over.get("run", {}).get("init")
         if init is None and config is not None:
-            init = split_file(read_toml(config), source=str(config))[1].get("run", {}).get("init")
+            file_over = _anchor_paths(split_file(read_toml(config), source=str(config))[1],
+                                      Path(config).expanduser().resolve().parent)
+            init = file_over.get("run", {}).get("init")
         if init:
             from clipsr_cli.checkpoint import read_checkpoint
 
@@ -477,4 +509,4 @@ def incompatibilities(saved: TrainConfig, new: TrainConfig) -> list[str]:
 
 __all__ = ["TrainConfig", "ModelSection", "DataSection", "OptimSection", "LossSection",
            "RunSection", "ConfigError", "resolve_config", "to_toml", "from_toml_text",
-           "incompatibilities", "PRESETS", "DEFAULT_CLIP", "ClipsrError"]
+           "incompatibilities", "config_from_cli", "parse_set", "PRESETS", "DEFAULT_CLIP"]

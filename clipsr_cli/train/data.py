@@ -45,17 +45,48 @@ class ImageSourceLike(Protocol):
 
 
 # -- degradation ----------------------------------------------------------------------------------
-def make_lr(hr: torch.Tensor, scale: int, *, extra: bool = False,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """HR (B,3,H,W) float [0,1] -> LR by antialiased bicubic (MATLAB imresize), quantised to 8 bits."""
-    try:
-        from clipsr_cli.data.degrade import DegradeOptions, degrade
-    except ImportError:  # TEMPORARY until clipsr_cli.data.degrade lands
-        from clipsr_cli.train._fallback import degrade
+class Degrader:
+    """HR (B,3,H,W) float [0,1] -> LR by ``clipsr_cli.data.degrade.degrade`` (antialiased MATLAB
+    bicubic, quantised to 8 bits; ``extra``: DegradeOptions.extra() blur/noise/JPEG).
 
-        return degrade(hr, scale, quantize=True)
-    options = DegradeOptions.extra() if extra else None
-    return degrade(hr, scale, quantize=True, options=options, generator=generator)
+    For the plain bicubic case the two resampling matrices of a patch size are cached on the
+    device (the same matrices and order as ``imresize``'s dense path, so the result is
+    identical), which keeps the training step free of host-to-device copies and syncs."""
+
+    def __init__(self, scale: int, *, extra: bool = False):
+        self.scale, self.extra = scale, extra
+        self._mats: dict = {}
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        from clipsr_cli.data.degrade import DegradeOptions, degrade, quantize_8bit
+
+        s = self.scale
+        h, w = hr.shape[-2:]
+        if self.extra or s == 1 or h % s or w % s:
+            options = DegradeOptions.extra() if self.extra else None
+            return degrade(hr, s, quantize=True, options=options, generator=generator)
+        key = (h, w, hr.device, hr.dtype)
+        mats = self._mats.get(key)
+        if mats is None:
+            mats = (_matrix(h, h // s, hr), _matrix(w, w // s, hr))
+            self._mats[key] = mats
+        mh, mw = mats
+        lr = (mh @ hr) @ mw.T
+        return quantize_8bit(lr.clamp(0, 1))
+
+
+def _matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    from clipsr_cli.data import degrade as _d
+
+    m = _d._weight_matrix(n_in, n_out, n_out / n_in)
+    return m.to(device=like.device, dtype=like.dtype)
+
+
+def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """HR -> LR by the training degradation without extras (validation, tests)."""
+    from clipsr_cli.data.degrade import degrade
+
+    return degrade(hr, scale, quantize=True)
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -135,10 +166,11 @@ def decode_all(source: ImageSourceLike, *, min_side: int, resize_shorter: int, b
 
 # -- augmentation on the device ---------------------------------------------------------------------
 def augment(hr: torch.Tensor, g: torch.Generator, *, hflip: bool, vflip: bool, rot90: bool) -> torch.Tensor:
-    """Per-sample random flips / 90° rotations of a (B, C, P, P) batch (draws from ``g`` always
-    in the same order, so the random stream does not depend on which augmentations are on)."""
+    """Per-sample random flips / transposes (with flips: all 8 rotations and mirrorings) of a
+    (B, C, P, P) batch. ``g`` lives on the batch's device (no host round trip); it is drawn from
+    in the same order whatever is switched on."""
     b = hr.shape[0]
-    r = torch.rand(3, b, generator=g).to(hr.device)
+    r = torch.rand(3, b, generator=g, device=hr.device)
     if hflip:
         hr = torch.where((r[0] < 0.5)[:, None, None, None], hr.flip(-1), hr)
     if vflip:
@@ -163,9 +195,9 @@ class MemorySampler:
         self.hp = patch * scale
         self.flags = dict(hflip=hflip, vflip=vflip, rot90=rot90)
         self.caption_dropout = caption_dropout
-        self.extra = extra_degradation
-        self.gen = torch.Generator().manual_seed(seed)
-        self.dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.degrade = Degrader(scale, extra=extra_degradation)
+        self.gen = torch.Generator().manual_seed(seed)  # host-side choices: image, crop, caption
+        self.dev_gen = torch.Generator(device=device).manual_seed(seed + 1)  # flips, dropout, LR
         # crop positions on the LR grid: (H//s - P + 1) choices per axis
         self.ny = torch.tensor([im.shape[-2] // scale - patch + 1 for im in images])
         self.nx = torch.tensor([im.shape[-1] // scale - patch + 1 for im in images])
@@ -175,8 +207,7 @@ class MemorySampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
-        self.dev_gen.set_state(state["dev_gen"].to(self.dev_gen.get_state().device)
-                               if hasattr(self.dev_gen.get_state(), "device") else state["dev_gen"])
+        self.dev_gen.set_state(state["dev_gen"])
 
     def next_batch(self) -> Batch:
         g, b, hp, s = self.gen, self.batch, self.hp, self.scale
@@ -187,10 +218,10 @@ class MemorySampler:
         crops = [self.images[i][:, y:y + hp, x:x + hp]
                  for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())]
         hr = torch.stack(crops).float().div_(255)
-        hr = augment(hr, g, **self.flags)
+        hr = augment(hr, self.dev_gen, **self.flags)
         caps = _pick_captions([self.captions[i] for i in idx.tolist()], g)
-        drop = (torch.rand(b, generator=g) < self.caption_dropout).to(self.device)
-        lr = make_lr(hr, s, extra=self.extra, generator=self.dev_gen if self.extra else None)
+        drop = torch.rand(b, generator=self.dev_gen, device=self.device) < self.caption_dropout
+        lr = self.degrade(hr, self.dev_gen)
         return Batch(hr, lr, caps, drop)
 
 
@@ -257,7 +288,8 @@ class StreamSampler:
             raise DataError("the training dataset is empty")
         self.source, self.scale, self.patch, self.batch, self.device = source, scale, patch, batch, device
         self.flags = dict(hflip=hflip, vflip=vflip, rot90=rot90)
-        self.caption_dropout, self.bad, self.extra = caption_dropout, bad, extra_degradation
+        self.caption_dropout, self.bad = caption_dropout, bad
+        self.degrade = Degrader(scale, extra=extra_degradation)
         self.seed, self.workers, self.resize_shorter = seed, workers, resize_shorter
         self.gen = torch.Generator().manual_seed(seed)
         self.dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -302,12 +334,14 @@ class StreamSampler:
                 else:
                     good.append((crop, caps))
         items, self._pending = good[:self.batch], good[self.batch:]
-        g = self.gen
-        hr = torch.stack([c for c, _ in items]).to(self.device, non_blocking=True).float().div_(255)
-        hr = augment(hr, g, **self.flags)
-        caps = _pick_captions([c for _, c in items], g)
-        drop = (torch.rand(len(items), generator=g) < self.caption_dropout).to(self.device)
-        lr = make_lr(hr, self.scale, extra=self.extra, generator=self.dev_gen if self.extra else None)
+        hr = torch.stack([c for c, _ in items])
+        if self.device.type == "cuda":
+            hr = hr.pin_memory()
+        hr = hr.to(self.device, non_blocking=True).float().div_(255)
+        hr = augment(hr, self.dev_gen, **self.flags)
+        caps = _pick_captions([c for _, c in items], self.gen)
+        drop = torch.rand(len(items), generator=self.dev_gen, device=self.device) < self.caption_dropout
+        lr = self.degrade(hr, self.dev_gen)
         return Batch(hr, lr, caps, drop)
 
 

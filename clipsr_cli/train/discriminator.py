@@ -76,7 +76,7 @@ def d_loss(D: ClipDiscriminator, real: torch.Tensor, fake: torch.Tensor, t: torc
     g = torch.cat([gr.flatten(1) for gr in grads], dim=1)
     gp = gp_weight * (g.norm(2, dim=1) ** gp_power).mean()
     loss = loss_real + loss_fake + gp
-    return loss, {"d_real": float(loss_real), "d_fake": float(loss_fake), "d_gp": float(gp)}
+    return loss, {"d_real": loss_real.detach(), "d_fake": loss_fake.detach(), "d_gp": gp.detach()}
 
 
 def g_adv_loss(D: ClipDiscriminator, sr: torch.Tensor, t: torch.Tensor | None, *,
@@ -85,6 +85,6 @@ def g_adv_loss(D: ClipDiscriminator, sr: torch.Tensor, t: torch.Tensor | None, *
     maps, emb = D.features(sr, with_embedding=True)
     adv = -D.logits(maps, t).mean()
     if t is None or clip_weight == 0:
-        return adv, {"g_adv": float(adv)}
+        return adv, {"g_adv": adv.detach()}
     cos = F.cosine_similarity(emb, t.float(), dim=-1).mean()
-    return adv - clip_weight * cos, {"g_adv": float(adv), "g_cos": float(cos)}
+    return adv - clip_weight * cos, {"g_adv": adv.detach(), "g_cos": cos.detach()}

@@ -107,10 +107,18 @@ def model_config(cfg: TrainConfig, clip) -> ModelConfig:
                        prompt_tokens=min(m.prompt_tokens, clip.visual_layers))
 
 
-def _load_clip(spec: str, device: torch.device):
+def _load_clip(spec: str, device: torch.device, warn_=warn):
+    """Load a frozen CLIP; its warnings (random weights) go to the console."""
+    import warnings
+
     from clipsr_cli.arch.clip import load_clip
 
-    return load_clip(spec, device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clip = load_clip(spec, device)
+    for w in caught:
+        warn_(str(w.message))
+    return clip
 
 
 class _GeneratorStep(nn.Module):
@@ -138,14 +146,21 @@ class TextCache:
         self.model = model
         self.cache: dict[str, torch.Tensor] = {}
 
-    def __call__(self, captions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) embeddings (zeros where no caption) and a (B,) bool mask of missing captions."""
-        missing = sorted({c for c in captions if c and c not in self.cache})
+    def prefill(self, captions) -> None:
+        """Encode every distinct caption up front, in sorted order and fixed chunks, so that an
+        embedding never depends on which captions happened to be batched with it (exact resume)."""
+        self._encode(sorted({c for c in captions if c} - set(self.cache)))
+
+    def _encode(self, missing: list[str]) -> None:
         for i in range(0, len(missing), 256):
             chunk = missing[i:i + 256]
             emb = self.model.text_embedding(chunk)
             for c, e in zip(chunk, emb):
                 self.cache[c] = e
+
+    def __call__(self, captions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) embeddings (zeros where no caption) and a (B,) bool mask of missing captions."""
+        self._encode(sorted({c for c in captions if c and c not in self.cache}))
         d = self.model.config.text_dim
         dev = self.model.null_text.device
         rows = [self.cache[c] if c else torch.zeros(d, device=dev) for c in captions]
@@ -195,10 +210,7 @@ def open_source(path: str, fmt: str, split: str):
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"dataset not found: {p}")
-    try:
-        from clipsr_cli.data.datasets import open_dataset
-    except ImportError:  # TEMPORARY until clipsr_cli.data.datasets lands
-        from clipsr_cli.train._fallback import open_folder as open_dataset
+    from clipsr_cli.data.datasets import open_dataset
 
     return open_dataset(p, fmt, split=split)
 
@@ -252,11 +264,13 @@ def saved_config(run_dir: Path) -> TrainConfig:
 
 # -- the loop ---------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
-          on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, dict], None] | None = None, source=None,
+          val_source=None) -> TrainResult:
     """Train a CLIP-SR generator as ``cfg`` says; returns where the export is.
 
     ``on_step(step, losses)`` is called after every optimisation step (tests use it to
-    interrupt a run). KeyboardInterrupt / SIGTERM stop cleanly: the state is checkpointed and
+    interrupt a run). ``source`` / ``val_source``: image sources (``len``, ``load(i) -> (PIL
+    image, captions)``) used instead of ``cfg.data.path`` / ``cfg.data.val``. KeyboardInterrupt / SIGTERM stop cleanly: the state is checkpointed and
     the EMA exported, then KeyboardInterrupt is re-raised.
     """
     dist = ddp.env_info()
@@ -265,7 +279,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         torch.cuda.set_device(device)
     ddp.init(dist, device)
     try:
-        return _train(cfg, dist, device, resume=resume, show_progress=show_progress, on_step=on_step)
+        return _train(cfg, dist, device, resume=resume, show_progress=show_progress, on_step=on_step,
+                      source=source, val_source=val_source)
     finally:
         ddp.shutdown()
 
@@ -275,7 +290,7 @@ class _Stop(Exception):
 
 
 def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume: bool,
-           show_progress: bool, on_step) -> TrainResult:
+           show_progress: bool, on_step, source=None, val_source=None) -> TrainResult:
     t_start = time.monotonic()
     main = dist.main
     say = info if main else (lambda m: None)
@@ -308,7 +323,7 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
     torch.manual_seed(cfg.run.seed)
     amp = resolve_amp(cfg.run.precision, device)
     # -- model
-    clip = _load_clip(cfg.run.clip, device) if cfg.text_conditioned else None
+    clip = _load_clip(cfg.run.clip, device, warn_) if cfg.text_conditioned else None
     mcfg = model_config(cfg, clip)
     from clipsr_cli.arch.clipsr import build_model
 
@@ -354,7 +369,7 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
     if cfg.loss.adversarial:
         from clipsr_cli.train.discriminator import ClipDiscriminator
 
-        d_clip = clip if clip is not None else _load_clip(cfg.loss.d_clip, device)
+        d_clip = clip if clip is not None else _load_clip(cfg.loss.d_clip, device, warn_)
         D = ClipDiscriminator(d_clip, layers=cfg.loss.d_layers, width=cfg.loss.d_width,
                               text_dim=mcfg.text_dim).to(device)
         if dist.enabled:  # identical start on every rank
@@ -367,7 +382,8 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
     d = cfg.data
     hp = d.patch_size * d.scale
     bad = BadImages(d.max_bad_fraction, warn=warn_)
-    source = open_source(d.path, d.format, d.split)
+    if source is None:
+        source = open_source(d.path, d.format, d.split)
     if len(source) == 0:
         raise DataError(f"the training dataset {d.path} is empty")
     in_memory = d.in_memory == "yes" or (d.in_memory == "auto" and len(source) <= d.in_memory_max_images)
@@ -390,6 +406,10 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
             f"{time.monotonic() - t0:.1f}s" + (f"; skipped {bad.unreadable} unreadable, {bad.small} "
                                               "too small" if bad.unreadable or bad.small else ""))
         n_captioned = sum(1 for c in captions if c)
+        if text is not None:
+            t0 = time.monotonic()
+            text.prefill(c for caps in captions for c in caps)
+            say(f"text: {len(text.cache)} distinct captions encoded in {time.monotonic() - t0:.1f}s")
     else:
         sampler = StreamSampler(source, workers=d.workers, resize_shorter=d.resize_shorter, bad=bad,
                                 **common)
@@ -398,8 +418,8 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
     if mcfg.text_conditioned and n_captioned == 0:
         warn_("the training images have no captions: the text path will only learn the null caption")
     val = []
-    if d.val and main:
-        vsrc = open_source(d.val, d.val_format, d.val_split)
+    if (d.val or val_source is not None) and main:
+        vsrc = val_source if val_source is not None else open_source(d.val, d.val_format, d.val_split)
         val = load_val(vsrc, scale=d.scale, multiple=mcfg.pad_multiple, max_images=d.val_images,
                        max_size=d.val_max_size, device=device, warn=warn_)
         if not val:
@@ -450,15 +470,17 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
         except ValueError:  # not the main thread
             old_term = None
 
-    def save(step_now: int, elapsed_now: float, *, gather: bool = True) -> None:
-        """Write checkpoint.pt and the EMA export; ENOSPC keeps the previous files."""
+    saved_step = {"step": step if state is not None else None}
+
+    def save(step_now: int, elapsed_now: float, *, gather: bool = True) -> bool:
+        """Write checkpoint.pt and the EMA export; ENOSPC keeps the previous files (False)."""
         samp = [_to_cpu(sampler.state_dict())]
         rng = [_rng_state(device)]
         if dist.enabled and gather:
             samp = ddp.all_gather_object(samp[0], dist)
             rng = ddp.all_gather_object(_to_cpu(rng[0]), dist)
         if not main:
-            return
+            return True
         st = {"version": STATE_VERSION, "step": step_now, "elapsed": elapsed_now, "config": to_toml(cfg),
               "model": _to_cpu(model.state_dict()), "ema": _to_cpu(ema_model.state_dict()),
               "ema_updates": ema.updates, "opt": _to_cpu(opt.state_dict()),
@@ -479,8 +501,10 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 warn(f"disk full while writing the checkpoint at step {step_now}: kept the previous "
                      f"checkpoint in {run_dir}; free some space")
-                return
+                return False
             raise TrainingError(f"cannot write the checkpoint in {run_dir}: {e.strerror}") from None
+        saved_step["step"] = step_now
+        return True
 
     last_val: dict | None = None
     log_acc: dict[str, float] = {}
@@ -522,8 +546,6 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
                 if step % check_every == 0 or step == cfg.run.steps:
                     _check_finite(losses, step, run_dir, last_good_step)
                     last_good_step = step
-                if on_step is not None:
-                    on_step(step, {k: float(v) for k, v in losses.items()})
                 if step % cfg.run.log_every == 0 or step == cfg.run.steps:
                     rec = {k: float(v) / log_n for k, v in log_acc.items()}
                     _check_finite(rec, step, run_dir, last_good_step)
@@ -543,6 +565,8 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
                     progress.note(_val_line(step, last_val))
                 if step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
                     save(step, elapsed_before + time.monotonic() - loop_t0)
+                if on_step is not None:
+                    on_step(step, {k: float(v) for k, v in losses.items()})
     except KeyboardInterrupt:
         elapsed = elapsed_before + time.monotonic() - loop_t0
         if main:
@@ -564,7 +588,11 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
         last_val = _validate(ema_model, val, mcfg, amp, device)
         _log_val(mlog, step, last_val)
         progress.note(_val_line(step, last_val))
-    save(step, elapsed)
+    if not save(step, elapsed) and main:
+        kept = (f"keeps the checkpoint of step {saved_step['step']}" if saved_step["step"] is not None
+                else "has no checkpoint")
+        raise TrainingError(f"disk full: the final checkpoint could not be written; {run_dir} {kept}; "
+                            "free some space and continue with --resume")
     # every rank must end with the same weights: compare hashes (cheap, and catches DDP bugs)
     hashes = ddp.all_gather_object(_weights_hash(model), dist)
     dt = time.monotonic() - loop_t0
@@ -612,7 +640,7 @@ def _step(cfg, batch, gen, model, text, pix, perc, D, d_opt, opt, scaler, dist) 
             _allreduce_grads(D.parameters(), dist.world)
         d_opt.step()
         out["d_loss"] = ld.detach()
-        out.update({k: torch.tensor(v) for k, v in dstats.items()})
+        out.update(dstats)
     loss = L.pixel_weight * pix(sr, batch.hr)
     out["pixel"] = loss.detach()
     if perc is not None:
@@ -626,7 +654,7 @@ def _step(cfg, batch, gen, model, text, pix, perc, D, d_opt, opt, scaler, dist) 
         la, gstats = g_adv_loss(D, sr, t_d, clip_weight=L.clip_weight)
         D.requires_grad_(True)
         out["g_adv_total"] = la.detach()
-        out.update({k: torch.tensor(v) for k, v in gstats.items()})
+        out.update(gstats)
         loss = loss + L.adversarial_weight * la
     out["loss"] = loss.detach()
     opt.zero_grad(set_to_none=True)
@@ -673,10 +701,9 @@ def _check_finite(losses: dict, step: int, run_dir: Path, last_good: int) -> Non
 
 def _validate(ema_model, val, mcfg, amp, device) -> dict:
     """Y-PSNR / SSIM (border = scale) of the EMA model and of bicubic on the validation images."""
-    try:
-        from clipsr_cli.metrics import psnr, ssim
-    except ImportError:  # TEMPORARY until clipsr_cli.metrics lands
-        from clipsr_cli.train._fallback import psnr, ssim
+    from clipsr_cli.metrics import psnr, ssim
+    from clipsr_cli.data.degrade import imresize
+
     s = mcfg.scale
     rows = {"val_psnr": [], "val_ssim": [], "bicubic_psnr": [], "bicubic_ssim": []}
     with torch.inference_mode():
@@ -686,7 +713,7 @@ def _validate(ema_model, val, mcfg, amp, device) -> dict:
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 sr = ema_model(v.lr, cond)
             sr = sr.float().clamp(0, 1)
-            bic = F.interpolate(v.lr, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)
+            bic = imresize(v.lr, float(s)).clamp(0, 1)
             rows["val_psnr"].append(float(psnr(sr, v.hr, border=s).mean()))
             rows["val_ssim"].append(float(ssim(sr, v.hr, border=s).mean()))
             rows["bicubic_psnr"].append(float(psnr(bic, v.hr, border=s).mean()))
