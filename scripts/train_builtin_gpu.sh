@@ -8,7 +8,7 @@ mkdir -p "$out" /tmp/runs
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 for s in 4 8 16; do
   python3 -m clipsr_cli train --config "recipes/lite-x$s.toml" --data "$data/photos/train" \
-    --val "$data/photos/val" --out "/tmp/runs/x$s" --time-limit "$tl" --device cuda \
+    --val "$data/photos/val" --out "/tmp/runs/x$s" --time-limit "$tl" --device cuda:0 \
     >"/tmp/runs/log-x$s.txt" 2>&1 &
 done
 wait

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         verbose: o.Verbose = False,
     ) -> None:
         """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
-        from clipsr_cli.console import configure, info
+        from clipsr_cli.console import configure
         from clipsr_cli.service import upscale_file
 
         configure(verbose=verbose, quiet=quiet)
@@ -42,4 +42,3 @@ def register(app: typer.Typer) -> None:
                             overwrite=overwrite)
         if dest is not None:
             typer.echo(str(dest))  # the result, on stdout
-            info(f"wrote {dest}")
