@@ -74,13 +74,14 @@ def _root(
 
 
 def _register() -> None:
-    from clipsr_cli.commands import batch, download, edit, train, upscale
+    from clipsr_cli.commands import batch, download, edit, eval, train, upscale
 
     upscale.register(app)
     batch.register(app)
     edit.register(app)
     train.register(app)
     download.register(app)
+    eval.register(app)
 
 
 _register()

@@ -1,0 +1,204 @@
+"""``clipsr eval``: the standard SR protocol on your own HR images, bicubic beside the model.
+
+For every HR image: crop to a multiple of the scale, LR = the training degradation (MATLAB
+bicubic, antialiased, 8-bit), bicubic baseline = MATLAB bicubic upscale of that LR, model output
+through the inference engine. Metrics (``clipsr_cli.metrics``): PSNR and SSIM on the Y channel
+(ITU-R BT.601) with ``scale`` pixels of border cropped, plus RGB PSNR. Deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from clipsr_cli.errors import DataError, InputError
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    name: str
+    size: tuple[int, int]  # HR (width, height) after cropping to a multiple of the scale
+    caption: str | None
+    bicubic_psnr: float
+    model_psnr: float
+    bicubic_ssim: float
+    model_ssim: float
+    bicubic_psnr_rgb: float
+    model_psnr_rgb: float
+    clip_score: float | None = None
+
+    @property
+    def gain(self) -> float:
+        return self.model_psnr - self.bicubic_psnr
+
+
+@dataclass
+class EvalReport:
+    model: str
+    scale: int
+    data: str
+    images: list[ImageScores] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def mean(self, attr: str) -> float:
+        vals = [getattr(i, attr) for i in self.images if getattr(i, attr) is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    @property
+    def improved(self) -> int:
+        return sum(1 for i in self.images if i.gain > 0)
+
+    def summary(self) -> dict:
+        keys = ("bicubic_psnr", "model_psnr", "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb",
+                "model_psnr_rgb", "clip_score")
+        out = {k: self.mean(k) for k in keys}
+        out["gain"] = out["model_psnr"] - out["bicubic_psnr"]
+        out["improved"] = f"{self.improved}/{len(self.images)}"
+        return out
+
+    def to_json(self) -> str:
+        rows = [dict(asdict(i), gain=i.gain) for i in self.images]
+        return json.dumps({"model": self.model, "scale": self.scale, "data": self.data,
+                           "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both "
+                                       f"images 8-bit, border {self.scale} px cropped",
+                           "mean": self.summary(), "images": rows, "notes": self.notes},
+                          indent=2, default=_nan_none)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        fields = ["name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
+                  "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score"]
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        for i in self.images:
+            d = asdict(i)
+            d["width"], d["height"] = d.pop("size")
+            w.writerow(dict(d, gain=i.gain))
+        return buf.getvalue()
+
+
+def _nan_none(x):
+    return None
+
+
+def _to_tensor(img) -> torch.Tensor:
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
+             captions: str | os.PathLike | None = None, format: str = "auto", split: str = "test",
+             limit: int | None = None, progress=None) -> EvalReport:
+    """Score ``upscaler`` against bicubic on the HR images of ``data``."""
+    from clipsr_cli.data.datasets import open_dataset
+    from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
+    from clipsr_cli.metrics import psnr, ssim
+
+    if text and captions:
+        raise InputError("use either --text or --captions, not both")
+    source = open_dataset(data, format, split=split)
+    cmap = None
+    if captions is not None:
+        from clipsr_cli.batch import CaptionMap
+
+        cmap = CaptionMap.load(captions)
+    s = upscaler.scale
+    report = EvalReport(model=upscaler.name, scale=s, data=str(data))
+    text_model = upscaler.info.text_conditioned
+    n = len(source) if limit is None else min(limit, len(source))
+    clip_note = None
+    for i in range(n):
+        sample = source[i]
+        try:
+            img, caps = source.load(i)
+        except DataError as e:
+            report.notes.append(f"skipped {sample.path.name}: {e}")
+            continue
+        caption = text
+        if cmap is not None:
+            from clipsr_cli.batch import Source
+
+            caption = cmap(Source(Path(sample.path), PurePosixPath(Path(sample.path).name)))
+        elif caption is None and caps:
+            caption = caps[0]
+        hr = crop_to_multiple(_to_tensor(img), s)
+        h, w = hr.shape[-2:]
+        if min(h, w) <= 2 * s + 10:
+            report.notes.append(f"skipped {sample.path.name}: too small for ×{s} ({img.size[0]}×"
+                                f"{img.size[1]})")
+            continue
+        lr = degrade(hr, s)
+        bic = imresize(lr, s).clamp(0, 1)
+        sr = upscaler.upscale_tensor(lr, caption if text_model else None)
+        clip_score = None
+        if text_model and caption:
+            clip_score = _clip_score(upscaler, sr, caption)
+        report.images.append(ImageScores(
+            name=Path(sample.path).name, size=(int(w), int(h)), caption=caption,
+            bicubic_psnr=float(psnr(bic, hr, border=s)), model_psnr=float(psnr(sr, hr, border=s)),
+            bicubic_ssim=float(ssim(bic, hr, border=s)), model_ssim=float(ssim(sr, hr, border=s)),
+            bicubic_psnr_rgb=float(psnr(bic, hr, border=s, y_channel=False)),
+            model_psnr_rgb=float(psnr(sr, hr, border=s, y_channel=False)),
+            clip_score=clip_score))
+        if progress is not None:
+            progress(i + 1, n)
+    if not report.images:
+        raise DataError(f"no image of {data} could be evaluated at ×{s}; see the notes above"
+                        if report.notes else f"no images in {data}")
+    report.notes.append(_lpips_note())
+    if not text_model:
+        clip_note = "CLIP score: not computed (the model is image-only; it needs a text-guided model and captions)"
+    elif not any(i.caption for i in report.images):
+        clip_note = "CLIP score: not computed (no captions: pass --text or --captions)"
+    if clip_note:
+        report.notes.append(clip_note)
+    return report
+
+
+@torch.inference_mode()
+def _clip_score(upscaler, sr: torch.Tensor, caption: str) -> float:
+    """Cosine similarity between CLIP's embedding of the SR image and of the caption."""
+    clip = upscaler.model.clip
+    img = clip.encode_image(sr.to(clip.device))
+    txt = upscaler.embed_text(caption).to(img.device)
+    return float(torch.nn.functional.cosine_similarity(img, txt).item())
+
+
+def _lpips_note() -> str:
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return ("LPIPS: not computed (needs the 'lpips' package and its network weights, which "
+                "clipsr does not download)")
+    return "LPIPS: not computed (the lpips package is installed but clipsr does not fetch its weights)"
+
+
+def write_report(report: EvalReport, path: str | os.PathLike) -> Path:
+    from clipsr_cli.checkpoint import atomic_write_bytes
+
+    path = Path(path).expanduser()
+    ext = path.suffix.lower()
+    if ext == ".json":
+        data = report.to_json()
+    elif ext == ".csv":
+        data = report.to_csv()
+    else:
+        raise InputError(f"--report {path}: use a .json or .csv file name")
+    if not path.parent.is_dir():
+        raise InputError(f"--report folder {path.parent} does not exist")
+    atomic_write_bytes(path, data.encode())
+    return path
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
