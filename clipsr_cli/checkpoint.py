@@ -22,11 +22,18 @@ FORMAT = "clipsr"
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, then rename into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -78,8 +85,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     try:
         header = json.loads(data[8:8 + header_len])
         meta = header.get("__metadata__", {}) or {}
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        if 8 + header_len + end > len(data):
+            raise ModelError(f"{path} is truncated ({len(data)} of {8 + header_len + end} bytes); "
+                             "re-download or re-export it")
         state = load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as e:
         raise ModelError(f"{path} is not a valid safetensors file ({e}); re-download or "
                          "re-export it") from None
     if meta.get("format") != FORMAT:
