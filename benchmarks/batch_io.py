@@ -90,6 +90,7 @@ def main() -> None:
     from clipsr_cli.engine import Upscaler
 
     configure(quiet=True)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "in"
@@ -121,8 +122,10 @@ def main() -> None:
 
     base = rows[0]["images_per_s"]
     out_side = a.size * up.scale
+    load = f"{load_before:.1f} → {os.getloadavg()[0]:.1f}"
     print(f"device: {dev}; torch {torch.__version__}; precision "
-          f"{str(up.settings.dtype).removeprefix('torch.')}")
+          f"{str(up.settings.dtype).removeprefix('torch.')}; 1-min load average {load} (other "
+          "processes competing for the cores inflate the gain of extra threads)")
     print(f"model: {a.model or 'random-weight ModelConfig() ×' + str(up.scale)}; {a.count} "
           f"{a.input_format.upper()} images {a.size}×{a.size} → {out_side}×{out_side} "
           f"{(a.format or a.input_format).upper()}; median of {a.runs} runs after a warm-up")
@@ -130,8 +133,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['io_threads']:>10}{r['images_per_s']:>12.2f}{r['images_per_s'] / base:>13.2f}×")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": dev, "args": vars(a), "rows": rows},
-                                           indent=2))
+        Path(a.json).write_text(json.dumps({"device": dev, "load_average": load,
+                                            "args": vars(a), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
