@@ -66,11 +66,12 @@ class EvalReport:
 
     def to_json(self) -> str:
         rows = [dict(asdict(i), gain=i.gain) for i in self.images]
+        mean = {k: _finite(v) for k, v in self.summary().items()}
         return json.dumps({"model": self.model, "scale": self.scale, "data": self.data,
                            "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both "
                                        f"images 8-bit, border {self.scale} px cropped",
-                           "mean": self.summary(), "images": rows, "notes": self.notes},
-                          indent=2, default=_nan_none)
+                           "mean": mean, "images": rows, "notes": self.notes},
+                          indent=2, allow_nan=False)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -85,8 +86,9 @@ class EvalReport:
         return buf.getvalue()
 
 
-def _nan_none(x):
-    return None
+def _finite(x):
+    """NaN (a metric that could not be computed) becomes null: strict JSON has no NaN."""
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def _to_tensor(img) -> torch.Tensor:
