@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,10 +23,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 class _Group(TyperGroup):
     """Turns every ``ClipsrError`` (from any command) into one line on stderr and exit 1."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:  # keep declaration order in --help
+    def list_commands(self, ctx) -> list[str]:  # keep declaration order in --help
         return list(self.commands)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ClipsrError as e:
