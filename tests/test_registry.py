@@ -217,8 +217,8 @@ def _package_entry(sha: str, size: int, name: str = "clipsr-lite-x4", scale: int
 
 
 def test_default_model_and_package_entries(home, tmp_path, monkeypatch):
-    with pytest.raises(ModelError, match="no built-in model for scale 8x"):
-        registry.default_model(8)
+    with pytest.raises(ModelError, match="no built-in model for scale 2x"):
+        registry.default_model(2)
     weights = tmp_path / "weights"
     weights.mkdir()
     data = b"pretend safetensors"
@@ -236,8 +236,8 @@ def test_default_model_and_package_entries(home, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry(sha, 3))))
     with pytest.raises(ModelError, match="reinstall clipsr"):
         registry.resolve_model("clipsr-lite-x4")
-    with pytest.raises(ModelError, match="no built-in model for scale 8x"):
-        registry.default_model(8)
+    with pytest.raises(ModelError, match="no built-in model for scale 2x"):
+        registry.default_model(2)
     with pytest.raises(ModelError, match="takes no 'urls'"):
         registry.parse_registry_file(_write(
             tmp_path, _package_entry(sha, 3) + 'urls = ["https://x.invalid/a"]\n'))
