@@ -185,6 +185,21 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     assert json.loads((res.run_dir / "summary.json").read_text())["stopped"] == "time"
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_streamed_dataset_trains_and_skips_bad_images(tmp_path, workers):
+    from clipsr_cli.train.loop import train
+
+    data = _photos(tmp_path / "p", n=5, captions=True)
+    (data / "broken.png").write_bytes(b"garbage")
+    _photos(tmp_path / "p" / "small", n=1, size=(16, 16))
+    cfg = _cfg(tmp_path, data, steps=3, clip="clipsr-tiny:random",
+               data={"in_memory": "no", "workers": workers, "max_bad_fraction": 0.5})
+    res = train(cfg, show_progress=False)
+    assert res.step == 3
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    assert summary["unreadable_images"] >= 1 and summary["small_images"] >= 1
+
+
 # -- resume -----------------------------------------------------------------------------------------
 def test_resume_equals_uninterrupted(tmp_path):
     """Same seed: a run interrupted (Ctrl-C) at step 4 and resumed has the loss curve and the

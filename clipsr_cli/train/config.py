@@ -79,10 +79,11 @@ class DataSection:
     """Patches per optimisation step (per process under torchrun)."""
     in_memory: Literal["auto", "yes", "no"] = "auto"
     """Decode every image once into (device) memory; auto: yes up to ``in_memory_max_images``."""
-    in_memory_max_images: int = 20000
+    in_memory_max_images: int = 10000
     """Above this many images ``auto`` streams from disk with DataLoader workers."""
     workers: int = 4
-    """DataLoader worker processes for streamed datasets (0: load in the main process)."""
+    """DataLoader worker processes for streamed datasets (0: load in the main process); also the
+    decoding threads of in-memory datasets."""
     resize_shorter: int = 0
     """Resize each HR image so its shorter side is this (0: keep; CLIP-SR used 304 for 256 crops)."""
     hflip: bool = True

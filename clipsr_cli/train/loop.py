@@ -346,7 +346,9 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         gen = DDP(step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                  broadcast_buffers=False)
+                  broadcast_buffers=False,
+                  # the prompt path exists but is unused when F_U fusion is switched off
+                  find_unused_parameters=mcfg.text_conditioned and not mcfg.fu_fusion)
     if cfg.run.compile and device.type == "cuda":
         gen = torch.compile(gen)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -393,7 +395,8 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
                   extra_degradation=d.degradation == "extra")
     if in_memory:
         t0 = time.monotonic()
-        images, captions = decode_all(source, min_side=hp, resize_shorter=d.resize_shorter, bad=bad)
+        images, captions = decode_all(source, min_side=hp, resize_shorter=d.resize_shorter, bad=bad,
+                                      threads=max(1, min(d.workers, os.cpu_count() or 1)))
         if not images:
             if bad.small:
                 raise DataError(f"all {bad.small} images are smaller than the {hp}x{hp} HR patch "
