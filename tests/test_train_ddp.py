@@ -14,7 +14,9 @@ from tests.test_train import _photos
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_two_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("preset", ["psnr", "gan"])
+def test_two_processes_end_with_identical_weights(tmp_path, preset):
+    """G (DDP) and, with gan, D (gradients all-reduced by hand: MA-GP needs double backward)."""
     data = _photos(tmp_path / "p", captions=True)
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
@@ -23,7 +25,8 @@ def test_two_processes_end_with_identical_weights(tmp_path):
            "--clip", "clipsr-tiny:random", "--steps", "4", "--batch-size", "2", "--patch-size", "8",
            "--device", "cpu", "--log-every", "1", "--checkpoint-every", "2",
            "--set", "model.encoder_widths=[8, 12, 16]", "--set", "model.body_blocks=1",
-           "--set", "model.up_widths=[8, 8]", "--set", "model.prompt_tokens=2"]
+           "--set", "model.up_widths=[8, 8]", "--set", "model.prompt_tokens=2",
+           "--preset", preset, "--set", "loss.d_width=16"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -41,3 +44,5 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     m = load_checkpoint(out / "model.safetensors")
     assert m.config.text_conditioned
     assert json.loads(m.checkpoint_meta["training"])["batch_size"] == 4  # global batch
+    if preset == "gan":
+        assert st["d"]["gates"].abs().sum() > 0

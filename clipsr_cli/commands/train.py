@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
             "--checkpoint-every", help="Checkpoint and export every N steps.", show_default=False)] = None,
         log_every: Annotated[Optional[int], typer.Option("--log-every", help="Log losses every N steps.",
                                                          show_default=False)] = None,
+        degradation: Annotated[Optional[str], typer.Option(
+            "--degradation", help="bicubic (antialiased MATLAB bicubic, 8-bit; default) or extra "
+            "(+ random blur, noise, JPEG).", show_default=False)] = None,
         set_: Annotated[Optional[List[str]], typer.Option(
             "--set", help="Any setting as SECTION.KEY=VALUE (TOML value), e.g. "
             "--set model.body_blocks=8 --set data.rot90=true. Repeatable.", show_default=False)] = None,
@@ -78,7 +81,8 @@ def register(app: typer.Typer) -> None:
         configure(verbose=verbose, quiet=quiet)
         flags = {
             "data": {"path": data, "format": format, "scale": scale, "batch_size": batch_size,
-                     "patch_size": patch_size, "val": val, "workers": workers},
+                     "patch_size": patch_size, "val": val, "workers": workers,
+                     "degradation": degradation},
             "optim": {"lr": lr},
             "run": {"out": out, "steps": steps, "clip": clip, "init": init, "device": device,
                     "precision": precision, "seed": seed, "time_limit": time_limit,

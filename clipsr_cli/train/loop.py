@@ -597,7 +597,7 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
         raise TrainingError(f"disk full: the final checkpoint could not be written; {run_dir} {kept}; "
                             "free some space and continue with --resume")
     # every rank must end with the same weights: compare hashes (cheap, and catches DDP bugs)
-    hashes = ddp.all_gather_object(_weights_hash(model), dist)
+    hashes = ddp.all_gather_object(_weights_hash(model, D), dist)
     dt = time.monotonic() - loop_t0
     sps = (step - steps_at_start) / max(dt, 1e-9)
     if main:
@@ -750,11 +750,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(l + "\n" for l in keep) if step else "")
 
 
-def _weights_hash(model: nn.Module) -> str:
+def _weights_hash(*modules: nn.Module | None) -> str:
+    """sha256 (16 hex digits) of the weights of the generator (and discriminator)."""
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    for m in modules:
+        if m is None:
+            continue
+        for k, v in sorted(m.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
