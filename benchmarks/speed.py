@@ -54,7 +54,10 @@ def measure_one(kind: str, model: str | None, size: int, runs: int, device: str,
         sec = _time(lambda: img.resize((size * scale, size * scale), Image.BICUBIC), runs)
         extra = {}
     elif kind == "rrdbnet":
-        from spandrel.architectures.ESRGAN import RRDBNet
+        import importlib
+
+        # spandrel keeps the architecture in a private module; it is only used here, for timing
+        RRDBNet = importlib.import_module("spandrel.architectures.ESRGAN.__arch.RRDB").RRDBNet
 
         from clipsr_cli.engine import resolve_device, resolve_precision
 
