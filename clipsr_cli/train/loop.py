@@ -59,21 +59,18 @@ class TrainResult:
 
 # -- device / precision ---------------------------------------------------------------------------
 def resolve_device(spec: str, dist: ddp.DistInfo) -> torch.device:
-    s = spec.strip().lower()
-    if s == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank if dist.enabled else torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(s)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    """The engine's device resolution (one place), plus what training needs on top: an explicit
+    CUDA index (``cuda`` → the current device; under torchrun, ``cuda:LOCAL_RANK``) and no MPS."""
+    from clipsr_cli.engine import resolve_device as engine_device
+
+    dev = engine_device(spec)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
-        if dist.enabled:
-            dev = torch.device("cuda", dist.local_rank)
-    elif dev.type != "cpu":
+        index = dist.local_rank if dist.enabled else (
+            dev.index if dev.index is not None else torch.cuda.current_device())
+        return torch.device("cuda", index)
+    if dev.type != "cpu":
+        if spec.strip().lower() == "auto":
+            return torch.device("cpu")
         raise DeviceError(f"training supports cpu and cuda devices, not {spec!r}")
     return dev
 
