@@ -14,9 +14,9 @@ import torch
 
 from clipsr_cli.train.synthetic import KINDS, caption_psnr, make_stripes_dataset, train_tiny_text_model
 
-# Measured on 2 CPU cores (docs/text-path.md): with the true caption ~53 dB, wrong caption ~12 dB,
-# no caption ~19 dB; image-only model ~15.3 dB. Thresholds far below the margins, far above noise
-# (seed-to-seed spread of the image-only PSNR is < 0.1 dB).
+# Measured on 2 CPU cores (docs/text-path.md): with the true caption 52-55 dB, wrong caption ~12 dB,
+# no caption 15-16 dB; image-only model 15.35 dB. Thresholds far below the margins, far above noise
+# (seed-to-seed spread: < 3 dB for the text model, < 0.01 dB for the image-only one).
 MIN_MARGIN_DB = 10.0
 
 

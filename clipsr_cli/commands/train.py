@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
             show_default=False)] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)] = None,
         time_limit: Annotated[Optional[float], typer.Option(
-            "--time-limit", help="Stop cleanly after this many seconds (checkpoint + export).",
+            "--time-limit", help="Stop cleanly after this many seconds of training (checkpoint + "
+            "export); counts across resumes, like --steps.",
             show_default=False)] = None,
         val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps.",
                                                          show_default=False)] = None,

@@ -184,7 +184,8 @@ class RunSection:
     checkpoint_every: int = 1000
     """Write the resume checkpoint and the EMA export every N steps (and on exit)."""
     time_limit: float = 0.0
-    """Stop cleanly (checkpoint + export) after this many seconds (0: none)."""
+    """Stop cleanly (checkpoint + export) after this many seconds of training (0: none); counts
+    across resumes, like ``steps``."""
     init: str = ""
     """Start the generator from this clipsr checkpoint (its architecture is used)."""
     compile: bool = False

@@ -96,7 +96,7 @@ def make_stripes_dataset(n: int = 48, *, size: int = 96, period: int = 4, amplit
     return StripesSource(images, names)
 
 
-def tiny_config(out: str | Path, *, text: bool = True, steps: int = 200, seed: int = 0,
+def tiny_config(out: str | Path, *, text: bool = True, steps: int = 300, seed: int = 0,
                 batch_size: int = 16, lr: float = 3e-3, **run):
     """The tiny x8 training configuration used on synthetic data (CPU, seconds to minutes)."""
     from clipsr_cli.train.config import resolve_config
@@ -114,7 +114,7 @@ def tiny_config(out: str | Path, *, text: bool = True, steps: int = 200, seed: i
     return resolve_config(preset="psnr", flags=flags)
 
 
-def train_tiny_text_model(out: str | Path, *, text: bool = True, steps: int = 200, seed: int = 0,
+def train_tiny_text_model(out: str | Path, *, text: bool = True, steps: int = 300, seed: int = 0,
                           source: StripesSource | None = None, show_progress: bool = False,
                           **run) -> Path:
     """Train the tiny x8 model (``clipsr-tiny:random`` CLIP, or image-only with ``text=False``)
