@@ -185,6 +185,50 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     assert json.loads((res.run_dir / "summary.json").read_text())["stopped"] == "time"
 
 
+@pytest.mark.parametrize("fmt", ["birds", "manifest"])
+def test_captioned_layouts_train_with_their_captions(tmp_path, fmt):
+    """birds (CLIP-SR layout: pickled key lists, text/, image/) and a JSONL manifest, with the
+    test split as validation; RGBA images are composited by the dataset reader."""
+    import pickle
+
+    from clipsr_cli.train.loop import TextCache, train
+
+    root = tmp_path / "ds"
+    imgs = _photos(root / "image", n=6)
+    keys = [f"img{i}" for i in range(6)]
+    Image.open(imgs / "img0.png").convert("RGBA").save(imgs / "img0.png")
+    if fmt == "birds":
+        (root / "text").mkdir()
+        for i, k in enumerate(keys):
+            (root / "text" / f"{k}.txt").write_text(f"a bird number {i}\nsecond caption {i}\n")
+        for split, ks in (("train", keys[:4]), ("test", keys[4:])):
+            (root / split).mkdir()
+            (root / split / "filenames.pickle").write_bytes(pickle.dumps(ks))
+        path = root
+    else:
+        path = root / "m.jsonl"
+        path.write_text("".join(json.dumps({"image": f"image/{k}.png", "captions": [f"a bird {k}"],
+                                            "split": "train" if i < 4 else "test"}) + "\n"
+                                for i, k in enumerate(keys)))
+    seen = set()
+    real_call = TextCache.__call__
+
+    def spy(self, captions):
+        seen.update(c for c in captions if c)
+        return real_call(self, captions)
+
+    cfg = _cfg(tmp_path, path, steps=3, clip="clipsr-tiny:random",
+               data={"format": fmt, "val": str(path), "val_format": fmt, "batch_size": 8})
+    import unittest.mock as um
+    with um.patch.object(TextCache, "__call__", spy):
+        res = train(cfg, show_progress=False)
+    assert res.val is not None and np.isfinite(res.val["val_psnr"])
+    train_caps = ({f"a bird number {i}" for i in range(4)} | {f"second caption {i}" for i in range(4)}
+                  if fmt == "birds" else {f"a bird img{i}" for i in range(4)})
+    assert seen and seen <= train_caps  # only training-split captions, several of them
+    assert len(seen) >= 3
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_streamed_dataset_trains_and_skips_bad_images(tmp_path, workers):
     from clipsr_cli.train.loop import train
