@@ -84,7 +84,8 @@ def run_tiled(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor], lr: t
               on_tile: Callable[[], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Run ``fn(tile_input, (y0, x0)) -> (B, C, s·h, s·w)`` over ``plan`` and yield finished
     output row bands ``(y0_out, band)`` top to bottom (float32, on ``lr``'s device), which
-    together cover the whole (s·H × s·W) output exactly once.
+    together cover the whole (s·H × s·W) output exactly once. A band is the consumer's: it may be
+    modified in place, and is not kept.
     """
     b, _, h, w = lr.shape
     half = overlap // 2 if len(plan) > 1 or len(plan[0]) > 1 else 0
@@ -115,8 +116,9 @@ def run_tiled(fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor], lr: t
             yield lo, band
         else:
             cut = (rs.c1 - half) * scale - lo
-            yield lo, band[:, :, :cut]
-            pending = band[:, :, cut:]
+            pending = band[:, :, cut:].clone()  # a copy: the finished rows can be freed (and
+            yield lo, band[:, :, :cut]         # changed in place by the consumer)
+            del band
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
