@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+from clipsr_cli._fs import atomic_write_bytes
 from clipsr_cli.console import info, state, warn
 from clipsr_cli.errors import DownloadError, InputError, ModelError
 from clipsr_cli.registry import (
@@ -100,15 +100,7 @@ def _marker_path(path: Path) -> Path:
 def _write_marker(path: Path, sha256: str) -> None:
     st = path.stat()
     data = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    marker = _marker_path(path)
-    # like checkpoint.atomic_write_bytes, without importing torch into `clipsr download`
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{threading.get_ident()}.part")
-    try:
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, marker)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(_marker_path(path), json.dumps(data).encode())
 
 
 def _read_marker(path: Path) -> dict | None:

@@ -176,7 +176,7 @@ def _clip_score(upscaler, sr: torch.Tensor, caption: str) -> float:
 
 def _lpips_note() -> str:
     try:
-        import lpips  # noqa: F401
+        import lpips  # noqa: F401  (only whether it is installed)
     except ImportError:
         return ("LPIPS: not computed (needs the 'lpips' package and its network weights, which "
                 "clipsr does not download)")

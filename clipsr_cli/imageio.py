@@ -19,12 +19,10 @@ Contract
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
 import sys
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable
@@ -73,8 +71,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 
 _BLOCK = 1 << 21  # samples per row block when converting / filtering big images
 _open_lock = threading.Lock()
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True, eq=False)
@@ -703,43 +699,13 @@ def _same_file(path: Path, source: str) -> bool:
 
 
 def _atomic_write(path: Path, encode: Callable[[BinaryIO], None], overwrite: bool) -> None:
-    """Encode into a temporary file beside ``path``, then rename it into place.
+    """``_fs.atomic_write`` with user-facing errors (nothing partial is ever left)."""
+    from clipsr_cli._fs import atomic_write
 
-    The temporary file is removed on any failure, KeyboardInterrupt included. Without
-    ``overwrite`` the final step is a hard link, which fails if ``path`` appeared meanwhile.
-    """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as e:
-        raise InputError(f"cannot write to {path.parent}: {e.strerror or e}; choose another "
-                         "output folder") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            encode(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _rename_no_clobber(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise InputError(f"cannot write {path}: {e.strerror or e}; check the free space and "
-                             "permissions of the output folder") from e
-        raise
-
-
-def _rename_no_clobber(tmp: str, path: Path) -> None:
-    try:
-        os.link(tmp, path)
+        atomic_write(path, encode, overwrite=overwrite)
     except FileExistsError:
         raise InputError(f"{path} exists; use --overwrite to replace it") from None
-    except OSError:  # a file system without hard links: check, then rename
-        if path.exists():
-            raise InputError(f"{path} exists; use --overwrite to replace it") from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}; check the free space and "
+                         "permissions of the output folder") from e

@@ -21,7 +21,6 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipsr_cli.errors import DataError
 

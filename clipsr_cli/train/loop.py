@@ -11,7 +11,6 @@ RUN_DIR contents (rank 0 writes them):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -31,7 +30,7 @@ from torch import nn
 from clipsr_cli.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from clipsr_cli.config import ModelConfig
 from clipsr_cli.console import err_console, info, state as console_state, warn
-from clipsr_cli.errors import ClipsrError, DataError, DeviceError, ModelError, TrainingError
+from clipsr_cli.errors import ClipsrError, DataError, DeviceError, TrainingError
 from clipsr_cli.train import ddp
 from clipsr_cli.train.config import TrainConfig, from_toml_text, incompatibilities, to_toml
 from clipsr_cli.train.data import BadImages, MemorySampler, StreamSampler, decode_all, load_val
