@@ -4,7 +4,7 @@
     python benchmarks/batch_io.py -m run/model.safetensors --count 64 --size 256 --threads 0 2 4
 
 Generates a folder of smooth synthetic photos (PNG, or --input-format jpeg), loads the model
-once, then runs ``clipsr_cli.batch.run_batch`` over the folder for each --threads value into a
+once, then runs ``clipsr_cli.tasks.batch.run_batch`` over the folder for each --threads value into a
 fresh output folder: 0 = read + decode, model, encode + write one after the other in one thread;
 N = decoding and encoding on N background threads each, overlapping the model. Reports images/s
 (median of --runs, interleaved, after one warm-up run; model loading not counted) and the
@@ -44,9 +44,9 @@ def make_images(folder: Path, count: int, size: int, fmt: str) -> None:
 def random_model(path: Path, scale: int) -> Path:
     import torch
 
-    from clipsr_cli.arch.clipsr import build_model
-    from clipsr_cli.checkpoint import save_checkpoint
-    from clipsr_cli.config import ModelConfig
+    from clipsr_cli.model.network import build_model
+    from clipsr_cli.model.checkpoint import save_checkpoint
+    from clipsr_cli.model.config import ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(scale=scale)
@@ -85,9 +85,9 @@ def main() -> None:
 
     import torch
 
-    from clipsr_cli.batch import run_batch
-    from clipsr_cli.console import configure
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.tasks.batch import run_batch
+    from clipsr_cli.cli.console import configure
+    from clipsr_cli.infer.engine import Upscaler
 
     configure(quiet=True)
     load_before = os.getloadavg()[0]

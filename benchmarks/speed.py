@@ -59,7 +59,7 @@ def measure_one(kind: str, model: str | None, size: int, runs: int, device: str,
         # spandrel keeps the architecture in a private module; it is only used here, for timing
         RRDBNet = importlib.import_module("spandrel.architectures.ESRGAN.__arch.RRDB").RRDBNet
 
-        from clipsr_cli.engine import resolve_device, resolve_precision
+        from clipsr_cli.infer.engine import resolve_device, resolve_precision
 
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
@@ -79,7 +79,7 @@ def measure_one(kind: str, model: str | None, size: int, runs: int, device: str,
         sec = _time(run, max(1, runs // 2))
         extra = {"precision": str(dtype).removeprefix("torch.")}
     else:
-        from clipsr_cli.engine import Upscaler
+        from clipsr_cli.infer.engine import Upscaler
 
         up = Upscaler.load(model, device=device, precision=precision)
         scale = up.scale

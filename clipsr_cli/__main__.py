@@ -1,4 +1,4 @@
-from clipsr_cli.cli import main
+from clipsr_cli.cli.app import main
 
 if __name__ == "__main__":
     main()

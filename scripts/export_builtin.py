@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from clipsr_cli.arch.clipsr import build_model
-from clipsr_cli.checkpoint import read_checkpoint, save_checkpoint
+from clipsr_cli.model.network import build_model
+from clipsr_cli.model.checkpoint import read_checkpoint, save_checkpoint
 
 
 def main(src: str, dst: str) -> None:

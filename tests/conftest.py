@@ -20,17 +20,17 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIPSR_HOME", str(home))
     monkeypatch.delenv("CLIPSR_REGISTRY", raising=False)
     monkeypatch.delenv("CLIPSR_MIRROR", raising=False)
-    from clipsr_cli.console import configure
+    from clipsr_cli.cli.console import configure
 
     configure(verbose=False, quiet=False)
     yield home
 
 
 def tiny_config(scale: int = 4, text: bool = False, **kw):
-    from clipsr_cli.config import ModelConfig
+    from clipsr_cli.model.config import ModelConfig
 
     if text:
-        from clipsr_cli.arch.clip import clip_dims
+        from clipsr_cli.model.clip import clip_dims
 
         d = clip_dims("clipsr-tiny")
         kw.update(clip="clipsr-tiny:random", text_dim=d.text_dim, clip_width=d.visual_width,
@@ -53,8 +53,8 @@ def perturb(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.n
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """Factory: path to a tiny checkpoint with non-trivial random weights."""
-    from clipsr_cli.arch.clipsr import build_model
-    from clipsr_cli.checkpoint import save_checkpoint
+    from clipsr_cli.model.network import build_model
+    from clipsr_cli.model.checkpoint import save_checkpoint
 
     made = {}
     root = tmp_path_factory.mktemp("ckpts")

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsr_cli import batch as B
-from clipsr_cli.cli import app
+from clipsr_cli.tasks import batch as B
+from clipsr_cli.cli.app import app
 from clipsr_cli.errors import InputError
 
 runner = CliRunner()
@@ -75,7 +75,7 @@ def test_tree_mirrored_junk_ignored_corrupt_reported(tmp_path, tiny_ckpt):
     assert "corrupt.jpg" in r.stderr and "corrupt.jpg" not in r.stdout
     with Image.open(out / "sub" / "b_x4.jpg") as im:
         assert im.size == (64, 96)
-    from clipsr_cli.imageio import read_image
+    from clipsr_cli.io.images import read_image
 
     deep = read_image(out / "sub" / "deeper" / "c16_x4.png")
     assert deep.bit_depth == 16 and deep.size == (72, 88)
@@ -111,12 +111,12 @@ def test_nothing_to_do_never_loads_the_model(tmp_path, tiny_ckpt, monkeypatch):
     assert _invoke(["batch", str(src), "-o", str(out), "-m", ckpt]).exit_code == 0
     assert len(_visible(out)) == 3
 
-    import clipsr_cli.service
+    import clipsr_cli.tasks.upscale
 
     def boom(**kw):
         raise AssertionError("the model was loaded although every output exists")
 
-    monkeypatch.setattr(clipsr_cli.service, "load_upscaler", boom)
+    monkeypatch.setattr(clipsr_cli.tasks.upscale, "load_upscaler", boom)
     r = _invoke(["batch", str(src), "-o", str(out), "-m", ckpt, "--skip-existing"])
     assert r.exit_code == 0, r.stderr
     assert "0 done · 3 skipped" in r.stderr
@@ -392,7 +392,7 @@ def test_ctrl_c_keeps_finished_outputs_and_exits_130(tmp_path, tiny_ckpt, monkey
     src, out, rep = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
     for i in range(5):
         _png(src / f"{i}.png", seed=i)
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.infer.engine import Upscaler
 
     real, calls = Upscaler.upscale_array, []
 

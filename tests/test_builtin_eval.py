@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsr_cli.cli import app
+from clipsr_cli.cli.app import app
 
 runner = CliRunner()
 WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
@@ -20,7 +20,7 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
 
 @pytest.mark.parametrize("scale", [4, 8, 16])
 def test_builtin_file_matches_registry_sha256_and_size(scale):
-    from clipsr_cli.registry import load_registry
+    from clipsr_cli.hub.registry import load_registry
 
     entry = load_registry().get(f"clipsr-lite-x{scale}")
     data = (WEIGHTS / entry.file).read_bytes()
@@ -38,7 +38,7 @@ def test_models_lists_builtins_as_installed():
 
 
 def test_builtin_models_describe_themselves():
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.infer.engine import Upscaler
 
     for s in (4, 8, 16):
         up = Upscaler.load(scale=s, device="cpu")
@@ -73,9 +73,9 @@ def test_eval_builtin_beats_bicubic_on_smooth_images(tmp_path):
 def test_eval_metrics_match_direct_computation(tmp_path, tiny_ckpt):
     """The report's numbers are the protocol's: recompute one image by hand."""
     from clipsr_cli.data.degrade import degrade, imresize
-    from clipsr_cli.engine import Upscaler
-    from clipsr_cli.evaluate import evaluate
-    from clipsr_cli.metrics import psnr, ssim
+    from clipsr_cli.infer.engine import Upscaler
+    from clipsr_cli.tasks.evaluate import evaluate
+    from clipsr_cli.data.metrics import psnr, ssim
 
     d = tmp_path / "hr"
     d.mkdir()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from clipsr_cli.cli import app
+from clipsr_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -98,7 +98,7 @@ def test_exif_rotated_input_comes_out_upright(tmp_path, tiny_ckpt):
 
 
 def test_16_bit_png_in_16_bit_png_out(tmp_path, tiny_ckpt):
-    from clipsr_cli.imageio import read_image
+    from clipsr_cli.io.images import read_image
 
     src = tmp_path / "deep.png"
     g = (np.linspace(0, 65535, 12 * 10).reshape(10, 12)).astype(np.uint16)
@@ -219,7 +219,7 @@ def test_existing_output_and_input_are_never_overwritten(tmp_path, tiny_ckpt):
 
 def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):
     """A tile budget far below the image's needs must tile (many tiles), not crash."""
-    from clipsr_cli import engine
+    from clipsr_cli.infer import engine
 
     monkeypatch.setattr(engine, "_available_memory", lambda device: 400 << 20)  # 400 MiB "free"
     src = _photo(tmp_path / "big.png", size=(96, 80))
@@ -240,7 +240,7 @@ def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_output_too_large_for_memory_is_a_clear_error(tmp_path, tiny_ckpt, monkeypatch):
-    from clipsr_cli import engine
+    from clipsr_cli.infer import engine
 
     monkeypatch.setattr(engine, "_available_memory", lambda device: 1 << 20)  # 1 MiB
     src = _photo(tmp_path / "in.png", size=(64, 64))
@@ -254,7 +254,7 @@ def test_verbose_shows_traceback(tmp_path):
 
 
 def test_auto_tile_size_from_memory(tiny_ckpt):
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.infer.engine import Upscaler
 
     up = Upscaler.load(str(tiny_ckpt(4)), device="cpu")
     assert up._tile_size(32, 32) == 0  # small: one tile

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsr_cli import download as dl
-from clipsr_cli import registry
-from clipsr_cli.cli import app
+from clipsr_cli.hub import fetch as dl
+from clipsr_cli.hub import registry
+from clipsr_cli.cli.app import app
 from clipsr_cli.errors import DownloadError, ModelError
 
 PAYLOAD = bytes(range(256)) * 2048  # 512 KiB
@@ -261,7 +261,8 @@ def test_two_concurrent_downloads_end_with_one_good_file(server, home, tmp_path,
     server.throttle = 0.03  # ~0.25 s per download, so that the two overlap
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     script = textwrap.dedent("""
-        from clipsr_cli import download as dl, registry
+        from clipsr_cli.hub import fetch as dl
+        from clipsr_cli.hub import registry
         dl.POLICY = dl.RetryPolicy(backoff=0.01, timeout=10, lock_timeout=60)
         print(registry.resolve_model("foo"))
     """)
@@ -435,9 +436,9 @@ def test_download_usage_errors(home):
 def _tiny_checkpoint(path: Path) -> None:
     import torch
 
-    from clipsr_cli.arch.clipsr import build_model
-    from clipsr_cli.checkpoint import save_checkpoint
-    from clipsr_cli.config import ModelConfig
+    from clipsr_cli.model.network import build_model
+    from clipsr_cli.model.checkpoint import save_checkpoint
+    from clipsr_cli.model.config import ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(scale=4, encoder_widths=(8, 8, 8), body_blocks=1, up_widths=(8, 8, 8, 8))
@@ -454,13 +455,13 @@ def test_resolve_model_downloads_a_real_checkpoint(server, home, tmp_path, monke
         size=len(data)))
     path = registry.resolve_model("tiny-x4")
     assert path.read_bytes() == data
-    from clipsr_cli.checkpoint import read_checkpoint
+    from clipsr_cli.model.checkpoint import read_checkpoint
 
     assert read_checkpoint(path)[0].scale == 4
 
 
 def test_upscale_with_a_model_from_clipsr_registry(server, home, tmp_path, monkeypatch):
-    pytest.importorskip("clipsr_cli.imageio", reason="clipsr upscale's image I/O is not in yet")
+    pytest.importorskip("clipsr_cli.io.images", reason="clipsr upscale's image I/O is not in yet")
     from PIL import Image
 
     ckpt = tmp_path / "tiny.safetensors"
@@ -484,7 +485,7 @@ def test_load_clip_reads_registered_weights_from_the_cache(server, home, tmp_pat
     import torch
     from safetensors.torch import save_file
 
-    from clipsr_cli.arch.clip import load_clip
+    from clipsr_cli.model.clip import load_clip
 
     ref = load_clip("clipsr-tiny:random")
     state = {k: v.clone() + 0.5 for k, v in ref.model.state_dict().items()}  # distinguishable

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsr_cli import edit as E
-from clipsr_cli.cli import app
+from clipsr_cli.tasks import edit as E
+from clipsr_cli.cli.app import app
 from clipsr_cli.data.degrade import imresize
 from clipsr_cli.errors import InputError, ModelError
-from clipsr_cli.train.synthetic import KINDS, make_stripes_dataset, train_tiny_text_model
+from tests.synthetic import KINDS, make_stripes_dataset, train_tiny_text_model
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_the_text_sets_the_drawn_orientation_and_the_lr_is_kept(tmp_path, text_m
 
 
 def test_the_sweep_moves_monotonically_with_strength(text_model):
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.infer.engine import Upscaler
 
     up = Upscaler.load(text_model, device="cpu", precision="fp32", tile=0)
     hr = make_stripes_dataset(1, seed=5).tensor(0)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from clipsr_cli.arch.clip import load_clip
-from clipsr_cli.arch.clipsr import build_model
-from clipsr_cli.engine import Upscaler, resolve_device, resolve_precision
+from clipsr_cli.model.clip import load_clip
+from clipsr_cli.model.network import build_model
+from clipsr_cli.infer.engine import Upscaler, resolve_device, resolve_precision
 from clipsr_cli.errors import DeviceError, InputError
-from clipsr_cli.tiling import count_tiles, plan_tiles, run_tiled
+from clipsr_cli.infer.tiling import count_tiles, plan_tiles, run_tiled
 from tests.conftest import perturb, tiny_config
 
 

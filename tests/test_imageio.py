@@ -1,4 +1,4 @@
-"""clipsr_cli.imageio: every format round-tripped, 16-bit kept, metadata carried, errors named.
+"""clipsr_cli.io.images: every format round-tripped, 16-bit kept, metadata carried, errors named.
 
 All images are made here (small, fixed seed); nothing is read from outside the test's tmp_path.
 """
@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from clipsr_cli import imageio
+from clipsr_cli.io import images as imageio
 from clipsr_cli.errors import InputError
-from clipsr_cli.imageio import (
+from clipsr_cli.io.images import (
     from_pil,
     is_image_path,
     output_path_for,

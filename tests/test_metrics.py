@@ -10,7 +10,7 @@ import torch
 
 from clipsr_cli.data.degrade import degrade, imresize
 from clipsr_cli.errors import DataError
-from clipsr_cli.metrics import psnr, rgb_to_y, ssim
+from clipsr_cli.data.metrics import psnr, rgb_to_y, ssim
 
 skm = pytest.importorskip("skimage.metrics")
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from clipsr_cli.arch.clip import load_clip
-from clipsr_cli.arch.clipsr import build_model
-from clipsr_cli.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from clipsr_cli.config import ModelConfig
+from clipsr_cli.model.clip import load_clip
+from clipsr_cli.model.network import build_model
+from clipsr_cli.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.errors import ModelError
 from tests.conftest import perturb, tiny_config
 

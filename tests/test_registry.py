@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsr_cli import download as dl
-from clipsr_cli import registry
-from clipsr_cli.cli import app
+from clipsr_cli.hub import fetch as dl
+from clipsr_cli.hub import registry
+from clipsr_cli.cli.app import app
 from clipsr_cli.errors import DownloadError, ModelError
 
 SHA = "ab" * 32
@@ -247,9 +247,9 @@ def test_registry_and_downloads_import_no_torch(home):
     import subprocess
     import sys
 
-    code = ("import sys, clipsr_cli.registry, clipsr_cli.download as d; "
-            "e = clipsr_cli.registry.load_registry().get('clip-vit-b-32'); "
-            "p = clipsr_cli.registry.installed_path(e); p.parent.mkdir(parents=True); "
+    code = ("import sys, clipsr_cli.hub.registry, clipsr_cli.hub.fetch as d; "
+            "e = clipsr_cli.hub.registry.load_registry().get('clip-vit-b-32'); "
+            "p = clipsr_cli.hub.registry.installed_path(e); p.parent.mkdir(parents=True); "
             "d._write_marker(p, e.sha256) if p.write_bytes(b'x') else None; "
             "sys.exit('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -143,8 +143,8 @@ def test_augment_flips_only_when_enabled():
 def test_cli_psnr_run_exports_a_loadable_model(tmp_path):
     from typer.testing import CliRunner
 
-    from clipsr_cli.checkpoint import load_checkpoint
-    from clipsr_cli.cli import app
+    from clipsr_cli.model.checkpoint import load_checkpoint
+    from clipsr_cli.cli.app import app
 
     data = _photos(tmp_path / "photos")
     val = _photos(tmp_path / "val", n=2, size=(64, 48), seed=5)
@@ -175,8 +175,8 @@ def test_cli_psnr_run_exports_a_loadable_model(tmp_path):
 
 
 def test_time_limit_stops_cleanly_and_exports(tmp_path):
-    from clipsr_cli.checkpoint import load_checkpoint
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.model.checkpoint import load_checkpoint
+    from clipsr_cli.train.trainer import train
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=10 ** 6, run={"time_limit": 2.0})
     res = train(cfg, show_progress=False)
@@ -191,7 +191,7 @@ def test_captioned_layouts_train_with_their_captions(tmp_path, fmt):
     test split as validation; RGBA images are composited by the dataset reader."""
     import pickle
 
-    from clipsr_cli.train.loop import TextCache, train
+    from clipsr_cli.train.trainer import TextCache, train
 
     root = tmp_path / "ds"
     imgs = _photos(root / "image", n=6)
@@ -231,7 +231,7 @@ def test_captioned_layouts_train_with_their_captions(tmp_path, fmt):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_streamed_dataset_trains_and_skips_bad_images(tmp_path, workers):
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p", n=5, captions=True)
     (data / "broken.png").write_bytes(b"garbage")
@@ -250,7 +250,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     final weights of the uninterrupted run, bit for bit (text model: captions + dropout too)."""
     from safetensors.torch import load_file
 
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p", captions=True)
     steps = 9
@@ -283,7 +283,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 
 def test_resume_errors(tmp_path):
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p")
     with pytest.raises(TrainingError, match="nothing to resume"):
@@ -306,7 +306,7 @@ def test_resume_errors(tmp_path):
 def test_gan_preset_updates_generator_and_discriminator(tmp_path):
     from safetensors.torch import load_file
 
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p", captions=True)
     base = _cfg(tmp_path / "psnr", data, clip="clipsr-tiny:random", steps=2)
@@ -332,7 +332,7 @@ def test_gan_preset_updates_generator_and_discriminator(tmp_path):
 
 
 def test_init_with_another_architecture_is_refused(tmp_path):
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p")
     init = train(_cfg(tmp_path / "a", data, steps=1), show_progress=False).export
@@ -343,7 +343,7 @@ def test_init_with_another_architecture_is_refused(tmp_path):
 
 # -- bad inputs ---------------------------------------------------------------------------------------
 def test_empty_dataset_and_too_small_images(tmp_path):
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError):
@@ -354,7 +354,7 @@ def test_empty_dataset_and_too_small_images(tmp_path):
 
 
 def test_unreadable_images_are_skipped_counted_then_fatal(tmp_path, capsys):
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p", n=6)
     (data / "broken.png").write_bytes(b"not a png")
@@ -368,7 +368,7 @@ def test_unreadable_images_are_skipped_counted_then_fatal(tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from clipsr_cli.train import loop
+    from clipsr_cli.train import trainer as loop
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=8, run={"checkpoint_every": 3})
     real = loop.pixel_loss("l1")
@@ -387,7 +387,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    from clipsr_cli.train import loop
+    from clipsr_cli.train import trainer as loop
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=6, run={"checkpoint_every": 2})
     real = loop.atomic_write_bytes
@@ -411,7 +411,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 def test_cli_reports_errors_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from clipsr_cli.cli import app
+    from clipsr_cli.cli.app import app
 
     r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"),
                                  "--clip", "none", "--device", "cpu"])

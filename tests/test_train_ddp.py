@@ -39,7 +39,7 @@ def test_two_processes_end_with_identical_weights(tmp_path, preset):
     st = torch.load(out / "checkpoint.pt", weights_only=True)
     assert len(st["sampler"]) == 2
     assert not torch.equal(st["sampler"][0]["gen"], st["sampler"][1]["gen"])  # per-rank streams
-    from clipsr_cli.checkpoint import load_checkpoint
+    from clipsr_cli.model.checkpoint import load_checkpoint
 
     m = load_checkpoint(out / "model.safetensors")
     assert m.config.text_conditioned

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipsr_cli.train.synthetic import KINDS, caption_psnr, make_stripes_dataset, train_tiny_text_model
+from tests.synthetic import KINDS, caption_psnr, make_stripes_dataset, train_tiny_text_model
 
 # Measured on 2 CPU cores (docs/text-path.md): with the true caption 52-55 dB, wrong caption ~12 dB,
 # no caption 15-16 dB; image-only model 15.35 dB. Thresholds far below the margins, far above noise
@@ -30,7 +30,7 @@ def test_lr_does_not_show_the_texture():
     src = make_stripes_dataset(3, seed=7)
     base = src.tensor(0)
     # the same colour field with each of the three textures -> the same LR (up to 8-bit rounding)
-    from clipsr_cli.train.synthetic import texture
+    from tests.synthetic import texture
 
     field = base - 0.2 * torch.from_numpy(texture(KINDS[0], 96)).float()
     lrs = [degrade((field + 0.2 * torch.from_numpy(texture(k, 96)).float()).clamp(0, 1), 8) for k in KINDS]
@@ -40,7 +40,7 @@ def test_lr_does_not_show_the_texture():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from clipsr_cli.checkpoint import load_checkpoint
+    from clipsr_cli.model.checkpoint import load_checkpoint
 
     root = tmp_path_factory.mktemp("text_path")
     text = load_checkpoint(train_tiny_text_model(root / "text", text=True))
@@ -69,7 +69,7 @@ def test_text_path_learns_what_the_lr_cannot_show(trained):
 def test_caption_changes_the_texture_that_is_drawn(trained):
     """Editing the caption of one LR image switches the drawn texture (what `clipsr edit` does)."""
     from clipsr_cli.data.degrade import degrade
-    from clipsr_cli.train.synthetic import texture
+    from tests.synthetic import texture
 
     text, _ = trained
     src = make_stripes_dataset(1, seed=99)

@@ -10,7 +10,7 @@ from clipsr_cli.train.config import TrainConfig, resolve_config
 
 def __getattr__(name: str):
     if name in ("train", "TrainResult"):
-        from clipsr_cli.train import loop
+        from clipsr_cli.train import trainer as loop
 
         return getattr(loop, name)
     raise AttributeError(f"module 'clipsr_cli.train' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from clipsr_cli.config import SCALES
+from clipsr_cli.model.config import SCALES
 from clipsr_cli.errors import InputError
 
 PRESETS = ("psnr", "gan")
@@ -38,7 +38,7 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Generator size (see ``clipsr_cli.config.ModelConfig``). scale and CLIP come from [data]/[run]."""
+    """Generator size (see ``clipsr_cli.model.config.ModelConfig``). scale and CLIP come from [data]/[run]."""
 
     encoder_widths: tuple[int, ...] = (64, 96, 128)
     """Channels of each LR pyramid level (level i at LR/2^i)."""
@@ -447,7 +447,7 @@ def config_from_cli(*, config: str | None, preset: str | None, resume: bool,
         out = over.get("run", {}).get("out")
         if not out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-        from clipsr_cli.train.loop import saved_config
+        from clipsr_cli.train.trainer import saved_config
 
         base = saved_config(Path(out).expanduser())
     else:
@@ -457,7 +457,7 @@ def config_from_cli(*, config: str | None, preset: str | None, resume: bool,
                                       Path(config).expanduser().resolve().parent)
             init = file_over.get("run", {}).get("init")
         if init:
-            from clipsr_cli.checkpoint import read_checkpoint
+            from clipsr_cli.model.checkpoint import read_checkpoint
 
             mcfg, _, _ = read_checkpoint(init)
             file_preset = split_file(read_toml(config), source=str(config))[0] if config else None

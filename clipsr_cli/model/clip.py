@@ -89,7 +89,7 @@ def _resolve_weights(spec: ClipSpec) -> str | None:
             raise ModelError(f"CLIP weights file not found: {p}")
         return str(p)
     try:  # the registry/cache (downloads with sha256 verification)
-        from clipsr_cli import registry
+        from clipsr_cli.hub import registry
 
         path = registry.clip_weights_path(spec.arch, spec.weights)
         if path is not None:

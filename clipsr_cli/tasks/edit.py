@@ -129,14 +129,14 @@ def lr_consistency(sr: torch.Tensor, lr: torch.Tensor, scale: int) -> float:
     """Y-PSNR (dB, 8-bit, whole image) between ``sr`` degraded ×``scale`` and ``lr``: how well the
     edit still explains the input. ``sr``: (1, 3, S·h, S·w); ``lr``: (1, 3, h, w)."""
     from clipsr_cli.data.degrade import degrade
-    from clipsr_cli.metrics import psnr
+    from clipsr_cli.data.metrics import psnr
 
     return float(psnr(degrade(sr.float(), scale), lr.float(), border=0, y_channel=True)[0])
 
 
 # -- the model ------------------------------------------------------------------------------------
 def _text_guided_entries(scale: int | None) -> list:
-    from clipsr_cli.registry import load_registry
+    from clipsr_cli.hub.registry import load_registry
 
     return [e for e in load_registry() if e.kind == "generator" and e.text_guided
             and (scale is None or e.scale == scale)]
@@ -158,13 +158,13 @@ def require_text_model(model: str | None, scale: int | None) -> str:
     """The model to edit with: ``model``, or the first registered text-guided generator for
     ``scale``. Raises ModelError (naming text-guided models, or how to train one) when the
     choice is known not to be text-conditioned."""
-    from clipsr_cli.registry import load_registry
+    from clipsr_cli.hub.registry import load_registry
 
     if model is None:
         entries = _text_guided_entries(scale)
         if entries:
             return entries[0].name
-        from clipsr_cli.registry import default_model
+        from clipsr_cli.hub.registry import default_model
 
         raise _refusal(f"{default_model(scale or 4)} (the default)", scale)
     entry = load_registry().find(model)
@@ -192,7 +192,7 @@ def iter_edits(up, lr: torch.Tensor, *, target_text: str, source_text: str | Non
     """Super-resolve ``lr`` once per strength, conditioned on the interpolated embedding; yields
     the frames one at a time (a caller writing each one holds a single float output).
 
-    ``up``: a text-conditioned :class:`~clipsr_cli.engine.Upscaler`; ``source_text`` None means
+    ``up``: a text-conditioned :class:`~clipsr_cli.infer.engine.Upscaler`; ``source_text`` None means
     the model's learned null embedding (no caption)."""
     if not up.info.text_conditioned:
         raise _refusal(up.name, up.scale)
@@ -341,7 +341,7 @@ def plan_outputs(input: str, output: str | None, n: int, *, format: str | None =
     output (one result, no grid/GIF). Grid: ``<base>_grid.png``; GIF: ``<base>.gif``. Existing
     files (and the input itself) are refused unless ``overwrite``.
     """
-    from clipsr_cli import imageio
+    from clipsr_cli.io import images as imageio
 
     if output == "-":
         if n > 1 or grid or gif:
@@ -403,7 +403,7 @@ def _report_path(report: str | None, overwrite: bool) -> Path | None:
 
 
 def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
-    from clipsr_cli.imageio import _atomic_write  # the one atomic, no-clobber writer
+    from clipsr_cli.io.images import _atomic_write  # the one atomic, no-clobber writer
 
     _atomic_write(path, lambda f: f.write(data), overwrite)
 
@@ -456,11 +456,11 @@ def edit_file(*, input: str, target_text: str, source_text: str | None = None,
 
     Every destination is checked before the model is loaded. A grayscale input gives colour
     output (an edit may add colour); bit depth, ICC profile and EXIF follow the input."""
-    from clipsr_cli import imageio
-    from clipsr_cli.console import info, warn
-    from clipsr_cli.engine import upscale_alpha
-    from clipsr_cli.metrics import psnr
-    from clipsr_cli.service import load_upscaler, tile_progress
+    from clipsr_cli.io import images as imageio
+    from clipsr_cli.cli.console import info, warn
+    from clipsr_cli.infer.engine import upscale_alpha
+    from clipsr_cli.data.metrics import psnr
+    from clipsr_cli.tasks.upscale import load_upscaler, tile_progress
 
     t0 = time.perf_counter()
     if not target_text or not target_text.strip():

@@ -13,7 +13,7 @@ The whole life of a download, for one entry of the registry:
 4. fsync and ``os.replace`` it into place, then write ``<file>.verified`` (sha256, size, mtime)
    so later uses check only the size and the marker, not the whole hash.
 
-Offline (``clipsr_cli.registry.is_offline``) nothing is fetched from the network; ``file://``
+Offline (``clipsr_cli.hub.registry.is_offline``) nothing is fetched from the network; ``file://``
 mirrors are still used (they are local disks).
 
 The transport is the standard library's ``urllib`` (no extra dependency; it handles proxies
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from clipsr_cli._fs import atomic_write_bytes
-from clipsr_cli.console import info, state, warn
+from clipsr_cli.io.atomic import atomic_write_bytes
+from clipsr_cli.cli.console import info, state, warn
 from clipsr_cli.errors import DownloadError, InputError, ModelError
-from clipsr_cli.registry import (
+from clipsr_cli.hub.registry import (
     ModelEntry, cache_dir, installed_path, is_offline, offline_reason,
 )
 
@@ -540,7 +540,7 @@ class _Bar:
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                        TimeRemainingColumn, TransferSpeedColumn)
 
-            from clipsr_cli.console import err_console
+            from clipsr_cli.cli.console import err_console
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                      DownloadColumn(), TransferSpeedColumn(),

@@ -1,4 +1,4 @@
-"""``clipsr edit``: super-resolution editing by text; the work is in ``clipsr_cli.edit``."""
+"""``clipsr edit``: super-resolution editing by text; the work is in ``clipsr_cli.tasks.edit``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clipsr_cli.commands import options as o
+from clipsr_cli.cli import options as o
 
 
 def register(app: typer.Typer) -> None:
@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Edit an image by text: super-resolve it guided by a new caption, keeping it consistent
         with the low-resolution content (reports that consistency in dB on stderr)."""
-        from clipsr_cli.console import configure
-        from clipsr_cli.edit import edit_file
+        from clipsr_cli.cli.console import configure
+        from clipsr_cli.tasks.edit import edit_file
 
         configure(verbose=verbose, quiet=quiet)
         result = edit_file(input=input, target_text=text, source_text=source_text,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.config import ModelInfo
+from clipsr_cli.model.config import ModelInfo
 from clipsr_cli.errors import DeviceError, InputError, ModelError
-from clipsr_cli.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
+from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ProgressFn = Callable[[int, int], None]
@@ -153,7 +153,7 @@ class Upscaler:
 
         With ``model=None`` the built-in default for ``scale`` is used.
         """
-        from clipsr_cli.checkpoint import load_checkpoint
+        from clipsr_cli.model.checkpoint import load_checkpoint
 
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
@@ -300,7 +300,7 @@ class Upscaler:
         if not isinstance(image, Image.Image):
             raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
                              "PIL image or a tensor")
-        from clipsr_cli import imageio
+        from clipsr_cli.io import images as imageio
 
         loaded = imageio.from_pil(image)
         rgb = self.upscale_array(loaded.rgb, text, bit_depth=loaded.bit_depth, progress=progress)
@@ -316,7 +316,7 @@ def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _default_model(scale: int) -> str:
-    from clipsr_cli import registry
+    from clipsr_cli.hub import registry
 
     return registry.default_model(scale)
 
@@ -332,6 +332,6 @@ def _resolve_model_path(model: str) -> Path:
         if not p.exists():
             raise ModelError(f"checkpoint not found: {p}")
         return p
-    from clipsr_cli import registry
+    from clipsr_cli.hub import registry
 
     return registry.resolve_model(model)

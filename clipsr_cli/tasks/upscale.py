@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from clipsr_cli.console import err_console, info, state, warn
+from clipsr_cli.cli.console import err_console, info, state, warn
 from clipsr_cli.errors import InputError
 
 DEFAULT_SCALE = 4
@@ -35,7 +35,7 @@ def tile_progress(description: str) -> Iterator:
 def load_upscaler(*, model: str | None, scale: int | None, device: str, precision: str,
                   tile: str | int, tile_overlap: int | None):
     """Resolve model/scale defaults and load the engine once."""
-    from clipsr_cli.engine import Upscaler
+    from clipsr_cli.infer.engine import Upscaler
 
     if model is None and scale is None:
         scale = DEFAULT_SCALE
@@ -52,7 +52,7 @@ def resolve_output(input: str, output: str | None, scale: int, *, format: str | 
                    overwrite: bool) -> Path | None:
     """Where ``upscale`` writes: None for stdout. Refuses existing files (and the input itself)
     unless ``overwrite``."""
-    from clipsr_cli import imageio
+    from clipsr_cli.io import images as imageio
 
     if output == "-":
         return None
@@ -83,7 +83,7 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
                  tile_overlap: int | None = None, format: str | None = None, quality: int = 95,
                  overwrite: bool = False) -> Path | None:
     """Read ``input``, upscale it, write the result atomically; return the path (None: stdout)."""
-    from clipsr_cli import imageio
+    from clipsr_cli.io import images as imageio
 
     t0 = time.perf_counter()
     if output == "-" and format is None:
@@ -104,7 +104,7 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
 
 def upscale_loaded(up, image, text: str | None = None, *, text_embedding=None):
     """Upscale a ``LoadedImage``: quantised colour array (+ alpha tensor, upscaled separately)."""
-    from clipsr_cli.engine import upscale_alpha
+    from clipsr_cli.infer.engine import upscale_alpha
 
     with tile_progress(f"×{up.scale} {Path(str(image.source)).name}") as progress:
         rgb = up.upscale_array(image.rgb, text, bit_depth=image.bit_depth,

@@ -700,7 +700,7 @@ def _same_file(path: Path, source: str) -> bool:
 
 def _atomic_write(path: Path, encode: Callable[[BinaryIO], None], overwrite: bool) -> None:
     """``_fs.atomic_write`` with user-facing errors (nothing partial is ever left)."""
-    from clipsr_cli._fs import atomic_write
+    from clipsr_cli.io.atomic import atomic_write
 
     try:
         atomic_write(path, encode, overwrite=overwrite)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsr_cli.config import ModelConfig, ModelInfo
+from clipsr_cli.model.config import ModelConfig, ModelInfo
 
 
 @dataclass

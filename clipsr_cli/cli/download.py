@@ -1,6 +1,6 @@
 """``clipsr download`` (fetch, list, verify, install by hand) and ``clipsr models`` (a table).
 
-Thin: the work is in ``clipsr_cli.registry`` and ``clipsr_cli.download``. Results (paths, the
+Thin: the work is in ``clipsr_cli.hub.registry`` and ``clipsr_cli.hub.fetch``. Results (paths, the
 table, the list) go to stdout; progress and messages to stderr.
 """
 
@@ -35,7 +35,7 @@ def _status_label(entry, status: str) -> str:
 def _size(entry) -> int | None:
     if entry.size is not None:
         return entry.size
-    from clipsr_cli.registry import installed_path
+    from clipsr_cli.hub.registry import installed_path
 
     p = installed_path(entry)
     return p.stat().st_size if p.is_file() else None
@@ -66,9 +66,9 @@ def register(app: typer.Typer) -> None:
         verbose: Verbose = False,
     ) -> None:
         """Download registered models into the cache (sha256-verified, resumable)."""
-        from clipsr_cli import download as dl
-        from clipsr_cli import registry
-        from clipsr_cli.console import configure, err_console, info
+        from clipsr_cli.hub import fetch as dl
+        from clipsr_cli.hub import registry
+        from clipsr_cli.cli.console import configure, err_console, info
         from clipsr_cli.errors import ClipsrError, DownloadError
 
         configure(verbose=verbose, quiet=quiet)
@@ -152,8 +152,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from clipsr_cli import download as dl
-        from clipsr_cli import registry
+        from clipsr_cli.hub import fetch as dl
+        from clipsr_cli.hub import registry
 
         reg = registry.load_registry()
         table = Table(title=None, box=None, header_style="bold", pad_edge=False)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clipsr_cli.commands import options as o
+from clipsr_cli.cli import options as o
 
 
 def register(app: typer.Typer) -> None:
@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from clipsr_cli.console import configure, info
-        from clipsr_cli.evaluate import evaluate, fmt, write_report
-        from clipsr_cli.service import load_upscaler, tile_progress
+        from clipsr_cli.cli.console import configure, info
+        from clipsr_cli.tasks.evaluate import evaluate, fmt, write_report
+        from clipsr_cli.tasks.upscale import load_upscaler, tile_progress
 
         configure(verbose=verbose, quiet=quiet)
         up = load_upscaler(model=model, scale=scale, device=device, precision=precision,

@@ -10,7 +10,7 @@ file is ``clipsr_cli/models.toml``). Three are merged, later entries winning wit
 Downloaded files live under ``cache_dir()/models/<sha256[:16]>/<file>`` (content-addressed: an
 entry whose hash changes is simply "not installed" again). A file is handed out only after it
 was verified: its size is checked on every use, its sha256 once after download and remembered.
-The transport (mirrors, resume, locks, progress) is in ``clipsr_cli.download``.
+The transport (mirrors, resume, locks, progress) is in ``clipsr_cli.hub.fetch``.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (pyproject: tomli on < 3.11)
     import tomli as tomllib
 
-from clipsr_cli.config import SCALES
+from clipsr_cli.model.config import SCALES
 from clipsr_cli.errors import ModelError
 
-BUILTIN_REGISTRY = Path(__file__).with_name("models.toml")
-PACKAGE_WEIGHTS = Path(__file__).with_name("weights")
+BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
+PACKAGE_WEIGHTS = Path(__file__).parent.parent / "weights"
 """Where entries with ``source = "package"`` ship their file (inside the wheel)."""
 
 Kind = Literal["generator", "clip"]
@@ -308,7 +308,7 @@ def load_registry() -> Registry:
                 key = (entry.name, old.origin, entry.origin)
                 if key not in _warned:
                     _warned.add(key)
-                    from clipsr_cli.console import warn
+                    from clipsr_cli.cli.console import warn
 
                     warn(f"model {entry.name!r} from {old.origin} is overridden by "
                          f"{entry.origin}")
@@ -382,7 +382,7 @@ def resolve_model(name_or_path: str, *, offline: bool | None = None) -> Path:
     if entry.kind != "generator":
         raise ModelError(f"{entry.name!r} is a CLIP backbone, not an upscaling model; choose a "
                          "generator from 'clipsr models'")
-    from clipsr_cli import download
+    from clipsr_cli.hub import fetch as download
 
     return download.ensure(entry, offline=offline)
 
@@ -403,7 +403,7 @@ def clip_weights_path(arch: str, weights: str) -> Path | None:
     entry = load_registry().clip_entry(arch, weights)
     if entry is None:
         return None
-    from clipsr_cli import download
+    from clipsr_cli.hub import fetch as download
 
     return download.ensure(entry)
 

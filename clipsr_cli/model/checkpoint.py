@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from clipsr_cli._fs import atomic_write_bytes  # noqa: F401  (re-exported for callers)
-from clipsr_cli.config import ModelConfig
+from clipsr_cli.io.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
+from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.errors import ModelError
 
 FORMAT = "clipsr"
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike, *, clip=None, device: str | torch.d
 
     For text-conditioned checkpoints with ``clip=None`` the CLIP named in the config is loaded.
     """
-    from clipsr_cli.arch.clipsr import build_model
+    from clipsr_cli.model.network import build_model
 
     config, state, meta = read_checkpoint(path)
     model = build_model(config)
@@ -99,7 +99,7 @@ def load_checkpoint(path: str | os.PathLike, *, clip=None, device: str | torch.d
     model.eval().requires_grad_(False)
     if config.text_conditioned:
         if clip is None:
-            from clipsr_cli.arch.clip import load_clip
+            from clipsr_cli.model.clip import load_clip
 
             clip = load_clip(config.clip, device=device)
         model.attach_clip(clip)

@@ -1,6 +1,6 @@
 """``clipsr batch``: folders, globs and lists of images, one model load.
 
-Thin: parses options, calls ``clipsr_cli.batch.run_batch``, prints, picks the exit status.
+Thin: parses options, calls ``clipsr_cli.tasks.batch.run_batch``, prints, picks the exit status.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from clipsr_cli.commands import options as o
+from clipsr_cli.cli import options as o
 
 
 def _shard(value: Optional[str]) -> Optional[str]:
     if value is not None:
-        from clipsr_cli.batch import parse_shard
+        from clipsr_cli.tasks.batch import parse_shard
         from clipsr_cli.errors import InputError
 
         try:
@@ -89,9 +89,9 @@ def register(app: typer.Typer) -> None:
         stderr. Exit status: 0 every image succeeded (or was skipped), 1 error before the run
         (bad input, model), 2 usage error, 3 some images failed, 130 interrupted.
         """
-        from clipsr_cli.batch import parse_shard, print_summary, run_batch, write_report
-        from clipsr_cli.cli import EXIT_INTERRUPTED, EXIT_PARTIAL
-        from clipsr_cli.console import configure
+        from clipsr_cli.tasks.batch import parse_shard, print_summary, run_batch, write_report
+        from clipsr_cli.cli.app import EXIT_INTERRUPTED, EXIT_PARTIAL
+        from clipsr_cli.cli.console import configure
 
         configure(verbose=verbose, quiet=quiet)
         if skip_existing and overwrite:

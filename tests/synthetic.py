@@ -121,7 +121,7 @@ def train_tiny_text_model(out: str | Path, *, text: bool = True, steps: int = 30
     on ``make_stripes_dataset()``; returns the exported ``model.safetensors``.
 
     Flips are off (a transposed horizontal stripe is a vertical one: the caption would lie)."""
-    from clipsr_cli.train.loop import train
+    from clipsr_cli.train.trainer import train
 
     cfg = tiny_config(out, text=text, steps=steps, seed=seed, **run)
     src = source if source is not None else make_stripes_dataset(seed=seed)
@@ -133,7 +133,7 @@ def caption_psnr(model, source: StripesSource, caption_for) -> float:
     """Mean Y-PSNR (border = scale) of ``model`` over ``source`` where image i is given the
     caption ``caption_for(i, true_kind)`` (None: no caption)."""
     from clipsr_cli.data.degrade import degrade
-    from clipsr_cli.metrics import psnr
+    from clipsr_cli.data.metrics import psnr
 
     s = model.config.scale
     vals = []

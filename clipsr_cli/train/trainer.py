@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsr_cli.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
-from clipsr_cli.config import ModelConfig
-from clipsr_cli.console import err_console, info, state as console_state, warn
+from clipsr_cli.model.checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
+from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.cli.console import err_console, info, state as console_state, warn
 from clipsr_cli.errors import ClipsrError, DataError, DeviceError, TrainingError
 from clipsr_cli.train import ddp
 from clipsr_cli.train.config import TrainConfig, from_toml_text, incompatibilities, to_toml
@@ -60,7 +60,7 @@ class TrainResult:
 def resolve_device(spec: str, dist: ddp.DistInfo) -> torch.device:
     """The engine's device resolution (one place), plus what training needs on top: an explicit
     CUDA index (``cuda`` → the current device; under torchrun, ``cuda:LOCAL_RANK``) and no MPS."""
-    from clipsr_cli.engine import resolve_device as engine_device
+    from clipsr_cli.infer.engine import resolve_device as engine_device
 
     dev = engine_device(spec)
     if dev.type == "cuda":
@@ -107,7 +107,7 @@ def _load_clip(spec: str, device: torch.device, warn_=warn):
     """Load a frozen CLIP; its warnings (random weights) go to the console."""
     import warnings
 
-    from clipsr_cli.arch.clip import load_clip
+    from clipsr_cli.model.clip import load_clip
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -321,7 +321,7 @@ def _train(cfg: TrainConfig, dist: ddp.DistInfo, device: torch.device, *, resume
     # -- model
     clip = _load_clip(cfg.run.clip, device, warn_) if cfg.text_conditioned else None
     mcfg = model_config(cfg, clip)
-    from clipsr_cli.arch.clipsr import build_model
+    from clipsr_cli.model.network import build_model
 
     model = build_model(mcfg, clip).to(device)
     if cfg.run.init and state is None:
@@ -700,7 +700,7 @@ def _check_finite(losses: dict, step: int, run_dir: Path, last_good: int) -> Non
 
 def _validate(ema_model, val, mcfg, amp, device) -> dict:
     """Y-PSNR / SSIM (border = scale) of the EMA model and of bicubic on the validation images."""
-    from clipsr_cli.metrics import psnr, ssim
+    from clipsr_cli.data.metrics import psnr, ssim
     from clipsr_cli.data.degrade import imresize
 
     s = mcfg.scale

@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
     ) -> None:
         """Train a model on a dataset; exports RUN_DIR/model.safetensors (EMA weights)."""
-        from clipsr_cli.console import configure
+        from clipsr_cli.cli.console import configure
         from clipsr_cli.train.config import config_from_cli
 
         configure(verbose=verbose, quiet=quiet)
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
                     "log_every": log_every},
         }
         cfg = config_from_cli(config=config, preset=preset, resume=resume, flags=flags, sets=set_)
-        from clipsr_cli.train.loop import train as run
+        from clipsr_cli.train.trainer import train as run
 
         result = run(cfg, resume=resume)
         typer.echo(str(result.export))  # the result, on stdout

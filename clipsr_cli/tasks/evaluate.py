@@ -2,7 +2,7 @@
 
 For every HR image: crop to a multiple of the scale, LR = the training degradation (MATLAB
 bicubic, antialiased, 8-bit), bicubic baseline = MATLAB bicubic upscale of that LR, model output
-through the inference engine. Metrics (``clipsr_cli.metrics``): PSNR and SSIM on the Y channel
+through the inference engine. Metrics (``clipsr_cli.data.metrics``): PSNR and SSIM on the Y channel
 (ITU-R BT.601) with ``scale`` pixels of border cropped, plus RGB PSNR. Deterministic.
 """
 
@@ -102,14 +102,14 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
     """Score ``upscaler`` against bicubic on the HR images of ``data``."""
     from clipsr_cli.data.datasets import open_dataset
     from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
-    from clipsr_cli.metrics import psnr, ssim
+    from clipsr_cli.data.metrics import psnr, ssim
 
     if text and captions:
         raise InputError("use either --text or --captions, not both")
     source = open_dataset(data, format, split=split)
     cmap = None
     if captions is not None:
-        from clipsr_cli.batch import CaptionMap
+        from clipsr_cli.tasks.batch import CaptionMap
 
         cmap = CaptionMap.load(captions)
     s = upscaler.scale
@@ -126,7 +126,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             continue
         caption = text
         if cmap is not None:
-            from clipsr_cli.batch import Source
+            from clipsr_cli.tasks.batch import Source
 
             caption = cmap(Source(Path(sample.path), PurePosixPath(Path(sample.path).name)))
         elif caption is None and caps:
@@ -184,7 +184,7 @@ def _lpips_note() -> str:
 
 
 def write_report(report: EvalReport, path: str | os.PathLike) -> Path:
-    from clipsr_cli.checkpoint import atomic_write_bytes
+    from clipsr_cli.model.checkpoint import atomic_write_bytes
 
     path = Path(path).expanduser()
     ext = path.suffix.lower()

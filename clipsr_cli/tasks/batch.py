@@ -17,7 +17,7 @@ The steps are plain functions that tests call directly:
   nothing to do); decoding and encoding run on background threads so the model never waits on
   I/O; a file that fails is reported and the run goes on (unless ``fail_fast``).
 
-Outputs are written atomically by :func:`clipsr_cli.imageio.write_image` (temporary file in the
+Outputs are written atomically by :func:`clipsr_cli.io.images.write_image` (temporary file in the
 destination folder, then rename), so a visible output is always complete.
 """
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Literal, Sequence, TextIO
 
-from clipsr_cli.console import err_console, info, state, warn
+from clipsr_cli.cli.console import err_console, info, state, warn
 from clipsr_cli.errors import InputError
 
 ExistingPolicy = Literal["fail", "skip", "overwrite"]
@@ -112,7 +112,7 @@ def discover(inputs: Sequence[str], *, recursive: bool = False, glob: str | None
     used_stdin = False
 
     def add_file(path: Path, rel: PurePosixPath) -> None:
-        from clipsr_cli.imageio import is_image_path
+        from clipsr_cli.io.images import is_image_path
 
         if not is_image_path(path):
             ignored.append(path)
@@ -378,7 +378,7 @@ class FileResult:
 def plan_jobs(sources: Iterable[Source], *, output_dir: str | os.PathLike, scale: int,
               format: str | None = None, suffix: str | None = None) -> list[Job]:
     """Destination of each source: OUTPUT_DIR / rel.parent / ``<stem>_x<scale>.<ext>``."""
-    from clipsr_cli.imageio import output_path_for
+    from clipsr_cli.io.images import output_path_for
 
     out = Path(output_dir)
     return [Job(s, out / s.rel.parent / output_path_for(s.rel.name, scale, format=format,
@@ -466,7 +466,7 @@ class BatchResult:
 
 def write_report(path: str | os.PathLike, result: BatchResult) -> Path:
     """``--report``: the summary and every file's outcome as JSON (written atomically)."""
-    from clipsr_cli.checkpoint import atomic_write_bytes
+    from clipsr_cli.model.checkpoint import atomic_write_bytes
 
     path = Path(path).expanduser()
     if not path.parent.is_dir():
@@ -602,14 +602,14 @@ def _reason(e: BaseException) -> str:
 
 
 def _read(job: Job, captions: CaptionFn | None):
-    from clipsr_cli.imageio import read_image
+    from clipsr_cli.io.images import read_image
 
     image = read_image(job.source.path)
     return image, (captions(job.source) if captions is not None else None)
 
 
 def _write(job: Job, rgb, alpha, image, *, quality: int, overwrite: bool) -> Path:
-    from clipsr_cli.imageio import write_image
+    from clipsr_cli.io.images import write_image
 
     job.dest.parent.mkdir(parents=True, exist_ok=True)
     return write_image(job.dest, rgb, alpha, like=image, quality=quality, overwrite=overwrite)
@@ -626,7 +626,7 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
     A file that fails is recorded and the run goes on, unless ``fail_fast``; then (and on
     Ctrl-C) files not started are recorded as ``not-run``.
     """
-    from clipsr_cli.engine import upscale_alpha
+    from clipsr_cli.infer.engine import upscale_alpha
 
     errors = _file_errors()
     depth = max(1, io_threads * _QUEUE_PER_THREAD)
@@ -763,11 +763,11 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
 
     ``existing`` decides about outputs that exist: ``fail`` (reported as failed, left alone),
     ``skip`` or ``overwrite``. An output is never written over its own input. ``upscaler``: an
-    already loaded :class:`~clipsr_cli.engine.Upscaler` (else one is loaded from ``model`` etc.,
+    already loaded :class:`~clipsr_cli.infer.engine.Upscaler` (else one is loaded from ``model`` etc.,
     and only if some file needs it). Raises InputError / ModelError for problems of the whole run
     (a missing input argument, a bad caption file, a model that cannot load).
     """
-    from clipsr_cli.service import DEFAULT_SCALE, load_upscaler
+    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, load_upscaler
 
     if existing not in ("fail", "skip", "overwrite"):
         raise ValueError(f"existing must be fail, skip or overwrite, not {existing!r}")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clipsr_cli.commands import options as o
+from clipsr_cli.cli import options as o
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +31,8 @@ def register(app: typer.Typer) -> None:
         verbose: o.Verbose = False,
     ) -> None:
         """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
-        from clipsr_cli.console import configure
-        from clipsr_cli.service import upscale_file
+        from clipsr_cli.cli.console import configure
+        from clipsr_cli.tasks.upscale import upscale_file
 
         configure(verbose=verbose, quiet=quiet)
         dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from clipsr_cli import __version__
-from clipsr_cli.console import err_console, state
+from clipsr_cli.cli.console import err_console, state
 from clipsr_cli.errors import ClipsrError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -73,7 +73,12 @@ def _root(
 
 
 def _register() -> None:
-    from clipsr_cli.commands import batch, download, edit, eval, train, upscale
+    from clipsr_cli.cli import batch
+    from clipsr_cli.cli import download
+    from clipsr_cli.cli import edit
+    from clipsr_cli.cli import eval
+    from clipsr_cli.cli import train
+    from clipsr_cli.cli import upscale
 
     upscale.register(app)
     batch.register(app)

@@ -1,1 +1,0 @@
-"""One module per CLI command; each exposes ``register(app)``. Commands parse and print only."""
