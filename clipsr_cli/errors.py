@@ -1,9 +1,25 @@
-"""Named exceptions. Every user-facing failure is one of these; the CLI turns it into one line.
+"""Named exceptions, the library's log, and how messages name parameters.
 
-Each message says what went wrong *and* what to do next.
+Every user-facing failure is one of these exceptions; the CLI turns it into one line on stderr and
+the exception's ``exit_code``. Each message says what went wrong *and* what to do next, in
+library terms: a parameter is written in backticks, as a keyword argument (```overwrite=True```,
+```tile=128```, ```device='cpu'```) or as a bare name (```tile_overlap```). The CLI rewrites these to
+its flags (``--overwrite``, ``--tile 128``, ``--device cpu``, ``--tile-overlap``) with
+``clipsr_cli.cli.render``; a Python caller reads them as the keyword arguments they are.
+
+Nothing below ``clipsr_cli.cli`` prints: library code reports progress through callbacks and
+notes/warnings through :data:`log` (the ``logging`` logger ``"clipsr"``), which the CLI renders
+and a library user may route wherever they like.
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+#: The library's logger. ``info`` for what a run did, ``warning`` for what a user should know.
+log = logging.getLogger("clipsr")
+log.addHandler(logging.NullHandler())
 
 
 class ClipsrError(Exception):
@@ -12,8 +28,29 @@ class ClipsrError(Exception):
     exit_code = 1
 
 
+class UsageError(ClipsrError):
+    """A parameter has a value that can never work (exit status 2, like a bad command line).
+
+    ``param`` names the parameter (its Python name), so the CLI can point at its flag.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class InputError(ClipsrError):
     """A user input (image file, path, option value) cannot be used."""
+
+
+class OutputExistsError(InputError):
+    """An output file exists and replacing it was not asked for (or it is the input itself)."""
+
+    def __init__(self, message: str, *, path: str | Path):
+        super().__init__(message)
+        self.path = Path(path)
 
 
 class ModelError(ClipsrError):

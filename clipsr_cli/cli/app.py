@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from clipsr_cli import __version__
-from clipsr_cli.cli.console import err_console, state
+from clipsr_cli.cli.console import cli_words, err_console, state, use_command
 from clipsr_cli.errors import ClipsrError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -26,13 +26,20 @@ class _Group(TyperGroup):
     def list_commands(self, ctx) -> list[str]:  # keep declaration order in --help
         return list(self.commands)
 
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            use_command(cmd)  # messages from the library name this command's flags
+        return name, cmd, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ClipsrError as e:
             if state.verbose:
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print("[bold red]error:[/] ", end="", highlight=False)
+            err_console.print(cli_words(str(e)), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]", highlight=False)

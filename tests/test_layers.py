@@ -1,0 +1,175 @@
+"""The package's import structure: no cycles, imports point down the layer map, the library
+never prints, and no module grows past ~400 lines.
+
+The layer map is the one in docs/architecture.md. The graph is read from the AST of every
+module, *including* imports inside functions: an acyclic graph with them in means none of them
+is there to dodge a cycle (those that remain are there to keep ``import clipsr_cli`` and
+``clipsr --help`` light, e.g. torch behind the CLI's commands).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "clipsr_cli"
+
+#: lower number = lower layer; a module may import its own package and lower layers only.
+LAYERS = {
+    "errors": 0,
+    "io": 1,
+    "model": 2,
+    "hub": 3,
+    "infer": 4,
+    "data": 4,
+    "tasks": 5,
+    "train": 6,
+    "cli": 7,
+    "__init__": 8,
+    "__main__": 9,
+}
+
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(path: Path, modname: str, modules: dict[str, Path]) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    pkg = modname if path.name == "__init__.py" else modname.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("clipsr_cli"):
+                    found.add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("clipsr_cli"):
+                continue
+            for a in node.names:
+                cand = f"{base}.{a.name}"
+                found.add(cand if cand in modules else base)
+    out = set()
+    for f in found:
+        r = _resolve(f, modules)
+        if r and r != modname:
+            out.add(r)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {m: _imports(p, m, modules) for m, p in modules.items()}
+
+
+def _layer(mod: str) -> tuple[str, int]:
+    parts = mod.split(".")
+    key = parts[1] if len(parts) > 1 else "__init__"
+    if key not in LAYERS:
+        raise AssertionError(f"{mod}: package {key!r} is not in the layer map (tests/test_layers.py"
+                             " and docs/architecture.md)")
+    return key, LAYERS[key]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_checker_finds_a_cycle_and_a_layer_violation():
+    # the checker itself must be able to fail
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+    assert _layer("clipsr_cli.cli.app")[1] > _layer("clipsr_cli.model.network")[1]
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # the package __init__ re-exports the public API lazily; it sits on top of everything
+    graph = {m: {d for d in deps if d != "clipsr_cli"} for m, deps in graph.items()}
+    assert _cycles(graph) == []
+
+
+def test_imports_point_down_the_layer_map():
+    bad = []
+    for mod, deps in _graph().items():
+        key, rank = _layer(mod)
+        for d in deps:
+            if d == "clipsr_cli":
+                continue
+            dkey, drank = _layer(d)
+            if dkey != key and drank >= rank:
+                bad.append(f"{mod} -> {d}")
+    assert bad == []
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in _modules() if ".cli" not in m and not m.endswith("__main__")))
+def test_the_library_never_prints(mod):
+    """Below clipsr_cli.cli nothing writes to the terminal: no print(), no Rich console."""
+    path = _modules()[mod]
+    tree = ast.parse(path.read_text())
+    offenders = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            offenders.append(f"print() at line {node.lineno}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names]
+            base = getattr(node, "module", None) or ""
+            if base.startswith("rich") or any(n.startswith("rich") for n in names):
+                offenders.append(f"imports rich at line {node.lineno}")
+            if base.startswith("clipsr_cli.cli"):
+                offenders.append(f"imports the CLI at line {node.lineno}")
+    assert offenders == []
+
+
+def test_no_module_is_over_400_lines():
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
