@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipsr_cli.hub import fetch as dl
-from clipsr_cli.hub import registry
+from clipsr_cli.hub import registry, resolve, store
 from clipsr_cli.cli.app import app
 from clipsr_cli.errors import DownloadError, ModelError
 
@@ -42,6 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         with srv.lock:
             srv.hits.append((self.path, rng))
+            srv.agents.append(self.headers.get("User-Agent"))
             fail = srv.fail_first.get(self.path, 0)
             if fail:
                 srv.fail_first[self.path] = fail - 1
@@ -84,6 +85,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     srv.files, srv.hits, srv.drop_once, srv.fail_first = {}, [], set(), {}
+    srv.agents = []
     srv.throttle = 0.0
     srv.lock = threading.Lock()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -101,7 +103,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSR_HOME", str(h))
     for var in ("HF_HUB_OFFLINE", "CLIPSR_OFFLINE", "CLIPSR_REGISTRY", "CLIPSR_MIRROR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(registry, "_offline_flag", False)
     monkeypatch.setattr(dl, "POLICY", dl.RetryPolicy(attempts=3, backoff=0.01, timeout=5,
                                                      lock_timeout=60, chunk=64 * 1024))
     return h
@@ -164,7 +165,7 @@ def test_resume_after_connection_drop(server, home, tmp_path, monkeypatch):
     server.files["/foo.safetensors"] = PAYLOAD
     server.drop_once.add("/foo.safetensors")
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
-    path = registry.resolve_model("foo")
+    path = resolve.resolve_model("foo")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA
     assert server.hits[0] == ("/foo.safetensors", None)
     assert server.hits[1] == ("/foo.safetensors", f"bytes={len(PAYLOAD) // 2}-")  # resumed
@@ -175,10 +176,10 @@ def test_partial_file_from_an_interrupted_run_is_resumed(server, home, tmp_path,
     server.files["/foo.safetensors"] = PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     entry = registry.load_registry().get("foo")
-    dest = registry.installed_path(entry)
+    dest = store.installed_path(entry)
     dest.parent.mkdir(parents=True)
     dest.with_name(dest.name + ".part").write_bytes(PAYLOAD[:1000])
-    assert registry.resolve_model("foo").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("foo").read_bytes() == PAYLOAD
     assert server.hits == [("/foo.safetensors", "bytes=1000-")]
     assert not dest.with_name(dest.name + ".part").exists()
 
@@ -195,7 +196,7 @@ def test_wrong_hash_exits_1_and_leaves_nothing(server, home, tmp_path, monkeypat
     assert r.stderr.strip().splitlines()[-1].startswith("error:")
     assert _cache_files(home) == []
     with pytest.raises(DownloadError):
-        registry.resolve_model("foo")
+        resolve.resolve_model("foo")
     assert _cache_files(home) == []
 
 
@@ -203,7 +204,7 @@ def test_oversized_download_is_cut_and_rejected(server, home, tmp_path, monkeypa
     server.files["/foo.safetensors"] = PAYLOAD + b"x" * 300_000
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     with pytest.raises(DownloadError, match="does not match its sha256"):
-        registry.resolve_model("foo")
+        resolve.resolve_model("foo")
     assert _cache_files(home) == []
 
 
@@ -221,7 +222,7 @@ def test_transient_errors_are_retried(server, home, tmp_path, monkeypatch):
     server.files["/foo.safetensors"] = PAYLOAD
     server.fail_first["/foo.safetensors"] = 2  # two 503s, then the file
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
-    assert registry.resolve_model("foo").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("foo").read_bytes() == PAYLOAD
     assert len(server.hits) == 3
 
 
@@ -244,7 +245,7 @@ def test_clipsr_mirror_is_tried_first_and_file_urls_work(server, home, tmp_path,
     server.files["/foo.safetensors"] = PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     monkeypatch.setenv("CLIPSR_MIRROR", shared.as_uri())
-    assert registry.resolve_model("foo").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("foo").read_bytes() == PAYLOAD
     assert server.hits == []  # served from the file:// mirror
 
 
@@ -253,7 +254,7 @@ def test_file_urls_work_offline(home, tmp_path, monkeypatch):
     src.write_bytes(PAYLOAD)
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [src.as_uri()]))
     monkeypatch.setenv("CLIPSR_OFFLINE", "1")
-    assert registry.resolve_model("foo").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("foo").read_bytes() == PAYLOAD
 
 
 def test_two_concurrent_downloads_end_with_one_good_file(server, home, tmp_path, monkeypatch):
@@ -262,9 +263,9 @@ def test_two_concurrent_downloads_end_with_one_good_file(server, home, tmp_path,
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     script = textwrap.dedent("""
         from clipsr_cli.hub import fetch as dl
-        from clipsr_cli.hub import registry
+        from clipsr_cli.hub import resolve
         dl.POLICY = dl.RetryPolicy(backoff=0.01, timeout=10, lock_timeout=60)
-        print(registry.resolve_model("foo"))
+        print(resolve.resolve_model("foo"))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
@@ -287,7 +288,7 @@ def test_two_concurrent_threads(server, home, tmp_path, monkeypatch):
 
     def work() -> None:
         try:
-            results.append(registry.resolve_model("foo"))
+            results.append(resolve.resolve_model("foo"))
         except Exception as e:  # reported below
             results.append(e)
 
@@ -307,7 +308,7 @@ def test_offline_gives_the_command_to_run(server, home, tmp_path, monkeypatch):
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [url]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError) as e:
-        registry.resolve_model("foo")
+        resolve.resolve_model("foo")
     msg = str(e.value)
     assert "'clipsr download foo'" in msg and url in msg and "HF_HUB_OFFLINE=1" in msg
     assert "--from FILE" in msg
@@ -321,7 +322,7 @@ def test_verify_finds_a_corrupted_file_which_is_then_never_loaded(server, home, 
                                                                     monkeypatch):
     server.files["/foo.safetensors"] = PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
-    path = registry.resolve_model("foo")
+    path = resolve.resolve_model("foo")
     stat = path.stat()
     data = bytearray(path.read_bytes())
     data[1000] ^= 0xFF  # bit rot: same size, same mtime
@@ -332,21 +333,21 @@ def test_verify_finds_a_corrupted_file_which_is_then_never_loaded(server, home, 
     assert "MISMATCH" in r.stdout and SHA in r.stdout
     assert "download foo --force" in r.stderr
     with pytest.raises(DownloadError, match="fails verification"):
-        registry.resolve_model("foo")
+        resolve.resolve_model("foo")
     r = _run("download", "foo", "--force")
     assert r.exit_code == 0, r.output
-    assert registry.resolve_model("foo").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("foo").read_bytes() == PAYLOAD
 
 
 def test_a_truncated_installed_file_is_caught_by_its_size(server, home, tmp_path, monkeypatch):
     server.files["/foo.safetensors"] = PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
-    path = registry.resolve_model("foo")
+    path = resolve.resolve_model("foo")
     with open(path, "r+b") as f:
         f.truncate(100)
     with pytest.raises(DownloadError, match="100 bytes, expected"):
-        registry.resolve_model("foo")
-    assert dl.install_status(registry.load_registry().get("foo")) == "damaged"
+        resolve.resolve_model("foo")
+    assert store.install_status(registry.load_registry().get("foo")) == "damaged"
 
 
 def test_from_file_checks_the_hash(home, tmp_path, monkeypatch):
@@ -363,7 +364,7 @@ def test_from_file_checks_the_hash(home, tmp_path, monkeypatch):
     r = _run("download", "foo", "--from", str(good))
     assert r.exit_code == 0, r.output
     assert Path(r.stdout.strip()).read_bytes() == PAYLOAD
-    assert registry.resolve_model("foo") == Path(r.stdout.strip())
+    assert resolve.resolve_model("foo") == Path(r.stdout.strip())
     assert _run("download", "foo", "--from", str(tmp_path / "nope")).exit_code == 1
 
 
@@ -379,7 +380,7 @@ def test_user_registry_is_merged_and_overrides_warn(server, home, tmp_path, monk
     assert "bar" in reg and "clip-vit-b-16" in reg  # merged over the built-in entries
     assert reg.get("clip-vit-b-32").origin == str(home / "models.toml")
     assert "overridden" in capsys.readouterr().err
-    assert registry.resolve_model("bar").read_bytes() == PAYLOAD
+    assert resolve.resolve_model("bar").read_bytes() == PAYLOAD
     # CLIPSR_REGISTRY comes last and wins
     _registry(tmp_path, monkeypatch, _entry_toml("bar", [server.url + "/bar2.safetensors"]))
     assert registry.load_registry().get("bar").urls == (server.url + "/bar2.safetensors",)
@@ -399,18 +400,18 @@ def test_clip_weights_are_served_from_the_cache(server, home, tmp_path, monkeypa
         sha256 = "{SHA}"
         urls = ["{server.url}/ViT-B-32.pt"]
     """))
-    path = registry.clip_weights_path("ViT-B-32", "openai")
+    path = resolve.clip_weights_path("ViT-B-32", "openai")
     assert path is not None and path.read_bytes() == PAYLOAD and path.name == "ViT-B-32.pt"
-    assert registry.clip_weights_path("ViT-B-32", "laion2b_s34b_b79k") is None
+    assert resolve.clip_weights_path("ViT-B-32", "laion2b_s34b_b79k") is None
     with pytest.raises(ModelError, match="CLIP backbone, not an upscaling model"):
-        registry.resolve_model("clip-vit-b-32")
+        resolve.resolve_model("clip-vit-b-32")
 
 
 def test_models_and_list_show_builtin_and_registered_entries(server, home, tmp_path,
                                                               monkeypatch):
     server.files["/foo.safetensors"] = PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
-    registry.resolve_model("foo")
+    resolve.resolve_model("foo")
     r = CliRunner().invoke(app, ["models"], env={"COLUMNS": "120"})
     assert r.exit_code == 0, r.output
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
@@ -453,7 +454,7 @@ def test_resolve_model_downloads_a_real_checkpoint(server, home, tmp_path, monke
     _registry(tmp_path, monkeypatch, _entry_toml(
         "tiny-x4", [server.url + "/tiny-x4.safetensors"], sha=hashlib.sha256(data).hexdigest(),
         size=len(data)))
-    path = registry.resolve_model("tiny-x4")
+    path = resolve.resolve_model("tiny-x4")
     assert path.read_bytes() == data
     from clipsr_cli.model.checkpoint import read_checkpoint
 
@@ -485,7 +486,7 @@ def test_load_clip_reads_registered_weights_from_the_cache(server, home, tmp_pat
     import torch
     from safetensors.torch import save_file
 
-    from clipsr_cli.model.clip import load_clip
+    from clipsr_cli.infer.engine import load_clip_backbone as load_clip
 
     ref = load_clip("clipsr-tiny:random")
     state = {k: v.clone() + 0.5 for k, v in ref.model.state_dict().items()}  # distinguishable
@@ -523,4 +524,4 @@ def test_download_all_reports_each_failure_and_skips_unusable(home, tmp_path, mo
     wanted = [e for e in registry.load_registry().entries if e.name != "clip-rn50"]
     assert r.stderr.strip().splitlines()[-1] == (  # built-ins are checked too (and pass)
         f"error: 3 of {len(wanted)} downloads failed: clip-vit-b-32, clip-vit-b-16, clip-vit-l-14")
-    assert dl.install_status(registry.load_registry().get("foo")) == "installed"
+    assert store.install_status(registry.load_registry().get("foo")) == "installed"

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsr_cli.hub import fetch as dl
-from clipsr_cli.hub import registry
+from clipsr_cli.hub import fetch, registry, resolve, store
 from clipsr_cli.cli.app import app
 from clipsr_cli.errors import DownloadError, ModelError
 
@@ -42,7 +41,6 @@ def home(tmp_path, monkeypatch):
     for var in ("CLIPSR_REGISTRY", "CLIPSR_MIRROR", "CLIPSR_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(registry, "_offline_flag", False)
     return h
 
 
@@ -162,40 +160,41 @@ def test_later_registry_files_win(home, tmp_path, monkeypatch):
 
 def test_unknown_names_suggest_close_matches(home):
     with pytest.raises(ModelError, match=r"did you mean 'clip-vit-b-16'"):
-        registry.resolve_model("clip-vit-b-61")
+        resolve.resolve_model("clip-vit-b-61")
     with pytest.raises(ModelError, match="clipsr models"):
-        registry.resolve_model("zzzzzz")
+        resolve.resolve_model("zzzzzz")
 
 
 def test_resolve_model_paths(home, tmp_path):
     f = tmp_path / "mine.safetensors"
     f.write_bytes(b"x")
-    assert registry.resolve_model(str(f)) == f
+    assert resolve.resolve_model(str(f)) == f
     with pytest.raises(ModelError, match="not found"):
-        registry.resolve_model(str(tmp_path / "nope.safetensors"))
+        resolve.resolve_model(str(tmp_path / "nope.safetensors"))
     pt = tmp_path / "evil.pt"
     pt.write_bytes(b"x")
     with pytest.raises(ModelError, match="never unpickles"):
-        registry.resolve_model(str(pt))
+        resolve.resolve_model(str(pt))
 
 
 def test_offline_detection(home, monkeypatch):
-    assert registry.is_offline() and registry.offline_reason() == "HF_HUB_OFFLINE=1"
+    assert fetch.is_offline() and fetch.offline_reason() == "HF_HUB_OFFLINE=1"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert not registry.is_offline()
+    assert not fetch.is_offline()
     monkeypatch.setenv("CLIPSR_OFFLINE", "true")
-    assert registry.offline_reason() == "CLIPSR_OFFLINE=1"
+    assert fetch.offline_reason() == "CLIPSR_OFFLINE=1"
     monkeypatch.delenv("CLIPSR_OFFLINE")
-    registry.set_offline(True)
-    assert registry.offline_reason() == "--offline"
-    registry.set_offline(False)
-    assert not registry.is_offline()
+    # an explicit `offline` wins over the environment, and is named as the parameter it is
+    assert fetch.offline_reason(True) == "`offline=True`" and fetch.is_offline(True)
+    monkeypatch.setenv("CLIPSR_OFFLINE", "1")
+    assert not fetch.is_offline(False) and fetch.offline_reason(False) is None
+    assert fetch.is_offline()  # None: the environment decides
 
 
 def test_clip_weights_path_offline_and_unknown(home):
-    assert registry.clip_weights_path("ViT-B-32", "laion2b_s34b_b79k") is None
+    assert resolve.clip_weights_path("ViT-B-32", "laion2b_s34b_b79k") is None
     with pytest.raises(DownloadError) as e:
-        registry.clip_weights_path("ViT-B-32", "openai")
+        resolve.clip_weights_path("ViT-B-32", "openai")
     msg = str(e.value)
     assert "'clipsr download clip-vit-b-32'" in msg and "openaipublic.azureedge.net" in msg
 
@@ -223,19 +222,19 @@ def test_default_model_and_package_entries(home, tmp_path, monkeypatch):
     weights.mkdir()
     data = b"pretend safetensors"
     (weights / "clipsr-lite-x4.safetensors").write_bytes(data)
-    monkeypatch.setattr(registry, "PACKAGE_WEIGHTS", weights)
+    monkeypatch.setattr(store, "PACKAGE_WEIGHTS", weights)
     sha = hashlib.sha256(data).hexdigest()
     monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry(sha, len(data)))))
     assert registry.default_model(4) == "clipsr-lite-x4"
     # package files need no network, even offline, and are checked
-    assert registry.resolve_model("clipsr-lite-x4") == weights / "clipsr-lite-x4.safetensors"
-    assert dl.install_status(registry.load_registry().get("clipsr-lite-x4")) == "installed"
+    assert resolve.resolve_model("clipsr-lite-x4") == weights / "clipsr-lite-x4.safetensors"
+    assert store.install_status(registry.load_registry().get("clipsr-lite-x4")) == "installed"
     monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry("0" * 64, len(data)))))
     with pytest.raises(ModelError, match="damaged"):
-        registry.resolve_model("clipsr-lite-x4")
+        resolve.resolve_model("clipsr-lite-x4")
     monkeypatch.setenv("CLIPSR_REGISTRY", str(_write(tmp_path, _package_entry(sha, 3))))
     with pytest.raises(ModelError, match="reinstall clipsr"):
-        registry.resolve_model("clipsr-lite-x4")
+        resolve.resolve_model("clipsr-lite-x4")
     with pytest.raises(ModelError, match="no built-in model for scale 2x"):
         registry.default_model(2)
     with pytest.raises(ModelError, match="takes no 'urls'"):
@@ -247,9 +246,10 @@ def test_registry_and_downloads_import_no_torch(home):
     import subprocess
     import sys
 
-    code = ("import sys, clipsr_cli.hub.registry, clipsr_cli.hub.fetch as d; "
+    code = ("import sys, clipsr_cli.hub.registry, clipsr_cli.hub.fetch, clipsr_cli.hub.resolve; "
+            "import clipsr_cli.hub.store as d; "
             "e = clipsr_cli.hub.registry.load_registry().get('clip-vit-b-32'); "
-            "p = clipsr_cli.hub.registry.installed_path(e); p.parent.mkdir(parents=True); "
+            "p = d.installed_path(e); p.parent.mkdir(parents=True); "
             "d._write_marker(p, e.sha256) if p.write_bytes(b'x') else None; "
             "sys.exit('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

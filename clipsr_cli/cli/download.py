@@ -1,13 +1,15 @@
 """``clipsr download`` (fetch, list, verify, install by hand) and ``clipsr models`` (a table).
 
-Thin: the work is in ``clipsr_cli.hub.registry`` and ``clipsr_cli.hub.fetch``. Results (paths, the
-table, the list) go to stdout; progress and messages to stderr.
+Thin: the work is in ``clipsr_cli.hub`` (``registry``, ``store``, ``fetch``). Results (paths, the
+table, the list) go to stdout; progress and messages to stderr. :func:`download_bar` is the
+progress bar any command can hand to the hub's ``progress=`` parameter.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -32,10 +34,57 @@ def _status_label(entry, status: str) -> str:
     return {"missing": "no", "damaged": "damaged", "unverified": "unverified"}[status]
 
 
+class _Bar:
+    """A Rich progress bar on stderr (bytes, speed, ETA), one row per file; the hub calls it
+    as ``progress(file_name, done_bytes, total_bytes_or_None)``."""
+
+    def __init__(self) -> None:
+        self.progress = None
+        self.tasks: dict[str, object] = {}
+
+    def __call__(self, file: str, done: int, total: int | None) -> None:
+        if self.progress is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            from clipsr_cli.cli.console import err_console
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     DownloadColumn(), TransferSpeedColumn(),
+                                     TimeRemainingColumn(), console=err_console)
+            self.progress.start()
+        task = self.tasks.get(file)
+        if task is None:
+            self.tasks[file] = self.progress.add_task(file, total=total, completed=done)
+        else:
+            self.progress.update(task, total=total, completed=done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.progress, self.tasks = None, {}
+
+
+@contextmanager
+def download_bar() -> Iterator[_Bar | None]:
+    """A ``progress=`` callback for the hub's downloads (None with ``--quiet``); the bar is
+    drawn on the first byte and closed on exit."""
+    from clipsr_cli.cli.console import state
+
+    if state.quiet:
+        yield None
+        return
+    bar = _Bar()
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def _size(entry) -> int | None:
     if entry.size is not None:
         return entry.size
-    from clipsr_cli.hub.registry import installed_path
+    from clipsr_cli.hub.store import installed_path
 
     p = installed_path(entry)
     return p.stat().st_size if p.is_file() else None
@@ -59,23 +108,20 @@ def register(app: typer.Typer) -> None:
         offline: Annotated[bool, typer.Option(
             "--offline", help="No network (file:// mirrors and --from still work). Also "
             "CLIPSR_OFFLINE=1 or HF_HUB_OFFLINE=1.")] = False,
-        from_: Annotated[Optional[Path], typer.Option(
+        src: Annotated[Optional[Path], typer.Option(
             "--from", help="Install a file downloaded by hand as NAME, after checking its "
             "sha256.", show_default=False)] = None,
         quiet: Quiet = False,
         verbose: Verbose = False,
     ) -> None:
         """Download registered models into the cache (sha256-verified, resumable)."""
-        from clipsr_cli.hub import fetch as dl
-        from clipsr_cli.hub import registry
-        from clipsr_cli.cli.console import configure, err_console, info
+        from clipsr_cli.cli.console import cli_words, configure, err_console, info
         from clipsr_cli.errors import ClipsrError, DownloadError
+        from clipsr_cli.hub import fetch, registry, store
 
         configure(verbose=verbose, quiet=quiet)
-        if offline:
-            registry.set_offline(True)
         names = names or []
-        modes = sum([all_, list_, verify, from_ is not None])
+        modes = sum([all_, list_, verify, src is not None])
         if modes > 1 and not (verify and all_):
             ctx.fail("use one of --all, --list, --verify, --from at a time")
         reg = registry.load_registry()
@@ -83,25 +129,25 @@ def register(app: typer.Typer) -> None:
 
         if list_:
             for e in entries or list(reg):
-                status = _status_label(e, dl.install_status(e))
+                status = _status_label(e, store.install_status(e))
                 scale = f"x{e.scale}" if e.scale else "-"
                 typer.echo(f"{e.name:<22} {e.kind:<9} {scale:<4} {format_size(_size(e)):>9}  "
                            f"{status:<10} {e.description}")
             return
 
-        if from_ is not None:
+        if src is not None:
             if len(entries) != 1:
                 ctx.fail("--from installs one file: name exactly one model")
-            path = dl.install_from_file(entries[0], from_)
+            path = store.install_from_file(entries[0], src)
             info(f"installed {entries[0].name} (sha256 verified)")
             typer.echo(str(path))
             return
 
         if verify:
-            checked = entries or [e for e in reg if dl.install_status(e) != "missing"]
+            checked = entries or [e for e in reg if store.install_status(e) != "missing"]
             bad = []
             for e in checked:
-                r = dl.verify(e)
+                r = store.verify(e)
                 if r.status == "ok":
                     typer.echo(f"ok        {e.name}  {r.path}")
                 elif r.status == "missing":
@@ -127,18 +173,20 @@ def register(app: typer.Typer) -> None:
                 else:
                     info(f"skipping {e.name} (not usable by CLIP-SR); name it to download it")
         if not entries:
-            ctx.fail("name one or more models (see 'clipsr models'), or use "
-                                     "--all or --list")
+            ctx.fail("name one or more models (see 'clipsr models'), or use --all or --list")
         failed: list[tuple[str, ClipsrError]] = []
         for e in entries:
-            if not force and dl.install_status(e) == "installed":
+            if not force and store.install_status(e) == "installed":
                 info(f"{e.name} is already installed")
             try:
-                path = dl.ensure(e, force=force)
+                with download_bar() as bar:
+                    path = fetch.ensure(e, force=force, offline=offline or None, progress=bar)
             except ClipsrError as err:
                 if len(entries) == 1:
                     raise
-                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                err_console.print("[bold red]error:[/] ", end="", highlight=False)
+                err_console.print(cli_words(str(err)), highlight=False, soft_wrap=True,
+                                  markup=False)
                 failed.append((e.name, err))
                 continue
             typer.echo(str(path))
@@ -152,8 +200,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from clipsr_cli.hub import fetch as dl
-        from clipsr_cli.hub import registry
+        from clipsr_cli.hub import registry, store
 
         reg = registry.load_registry()
         table = Table(title=None, box=None, header_style="bold", pad_edge=False)
@@ -170,5 +217,5 @@ def register(app: typer.Typer) -> None:
             text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
             table.add_row(e.name, kind, f"x{e.scale}" if e.scale else "-", text,
                           format_size(_size(e)), e.license,
-                          _status_label(e, dl.install_status(e)))
+                          _status_label(e, store.install_status(e)))
         Console(highlight=False).print(table)

@@ -7,10 +7,9 @@ file is ``clipsr_cli/models.toml``). Three are merged, later entries winning wit
 2. the user's ``models.toml`` in the cache directory (``cache_dir()``),
 3. the file named by ``$CLIPSR_REGISTRY``.
 
-Downloaded files live under ``cache_dir()/models/<sha256[:16]>/<file>`` (content-addressed: an
-entry whose hash changes is simply "not installed" again). A file is handed out only after it
-was verified: its size is checked on every use, its sha256 once after download and remembered.
-The transport (mirrors, resume, locks, progress) is in ``clipsr_cli.hub.fetch``.
+This module only reads registry files; where entries' files live and whether they verify is
+``clipsr_cli.hub.store``, getting them there is ``clipsr_cli.hub.fetch``, and turning a name (or a
+path) into a verified local file is ``clipsr_cli.hub.resolve``.
 """
 
 from __future__ import annotations
@@ -29,11 +28,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (pyproject: tomli 
     import tomli as tomllib
 
 from clipsr_cli.model.config import SCALES
-from clipsr_cli.errors import ModelError
+from clipsr_cli.errors import ModelError, log
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
-PACKAGE_WEIGHTS = Path(__file__).parent.parent / "weights"
-"""Where entries with ``source = "package"`` ship their file (inside the wheel)."""
 
 Kind = Literal["generator", "clip"]
 Source = Literal["url", "package"]
@@ -41,7 +38,6 @@ Source = Literal["url", "package"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _URL_SCHEMES = ("https://", "http://", "file://")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +261,7 @@ def _suggest(name: str, names: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# locations and modes
+# locations and merging
 
 
 def cache_dir() -> Path:
@@ -294,7 +290,7 @@ def registry_files() -> list[Path]:
     return files
 
 
-_warned: set[tuple[str, str, str]] = set()
+_warned: set[tuple[str, str, str]] = set()  # overrides already reported (a memo, not a setting)
 
 
 def load_registry() -> Registry:
@@ -308,83 +304,10 @@ def load_registry() -> Registry:
                 key = (entry.name, old.origin, entry.origin)
                 if key not in _warned:
                     _warned.add(key)
-                    from clipsr_cli.cli.console import warn
-
-                    warn(f"model {entry.name!r} from {old.origin} is overridden by "
-                         f"{entry.origin}")
+                    log.warning("model %r from %s is overridden by %s", entry.name, old.origin,
+                                entry.origin)
             merged[entry.name] = entry  # re-inserted: order follows the latest definition
     return Registry(tuple(merged.values()))
-
-
-_offline_flag = False
-
-
-def set_offline(value: bool = True) -> None:
-    """Set the ``--offline`` flag for this process (commands call this)."""
-    global _offline_flag
-    _offline_flag = bool(value)
-
-
-def offline_reason() -> str | None:
-    """Why clipsr is offline (``--offline``, ``CLIPSR_OFFLINE=1``, ``HF_HUB_OFFLINE=1``) or None."""
-    if _offline_flag:
-        return "--offline"
-    for var in ("CLIPSR_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return f"{var}=1"
-    return None
-
-
-def is_offline() -> bool:
-    """True with ``--offline``, ``CLIPSR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``: no network."""
-    return offline_reason() is not None
-
-
-def installed_path(entry: ModelEntry) -> Path:
-    """Where ``entry``'s file is (package) or goes (cache); it may not exist yet."""
-    if entry.source == "package":
-        return PACKAGE_WEIGHTS / entry.file
-    return cache_dir() / "models" / entry.sha256[:16] / entry.file
-
-
-# --------------------------------------------------------------------------------------------
-# the interface the rest of clipsr uses
-
-
-def _looks_like_path(s: str) -> bool:
-    return ("/" in s or os.sep in s or s.startswith("~")
-            or s.lower().endswith((".safetensors", ".pt", ".pth", ".ckpt", ".bin")))
-
-
-def resolve_model(name_or_path: str, *, offline: bool | None = None) -> Path:
-    """A generator checkpoint to load: a ``.safetensors`` path as-is, or a registered name as
-    its verified local file, downloaded first (progress on stderr) unless offline.
-
-    Raises ``ModelError`` (unknown name, with close matches; not a generator; not a
-    safetensors file) or ``DownloadError`` (offline and not installed; download failed).
-    """
-    s = str(name_or_path).strip()
-    p = Path(s).expanduser()
-    reg = None
-    if not _looks_like_path(s):
-        reg = load_registry()
-        if s not in reg and not p.is_file():
-            reg.get(s)  # raises: unknown name, with close matches
-    if reg is None or s not in reg:  # a path
-        if not p.is_file():
-            raise ModelError(f"model file not found: {p}; check the path, or use a registered "
-                             "name from 'clipsr models'")
-        if p.suffix.lower() != ".safetensors":
-            raise ModelError(f"{p} is not a .safetensors checkpoint; clipsr loads only "
-                             "safetensors files (it never unpickles .pt/.pth weights)")
-        return p
-    entry = reg.get(s)
-    if entry.kind != "generator":
-        raise ModelError(f"{entry.name!r} is a CLIP backbone, not an upscaling model; choose a "
-                         "generator from 'clipsr models'")
-    from clipsr_cli.hub import fetch as download
-
-    return download.ensure(entry, offline=offline)
 
 
 def default_model(scale: int) -> str:
@@ -392,24 +315,13 @@ def default_model(scale: int) -> str:
     name = f"clipsr-lite-x{scale}"
     entry = load_registry().find(name)
     if entry is None or entry.kind != "generator" or entry.scale != scale:
-        raise ModelError(f"no built-in model for scale {scale}x in this clipsr; pass -m NAME "
-                         "(see 'clipsr models') or -m FILE.safetensors")
+        raise ModelError(f"no built-in model for scale {scale}x in this clipsr; pass a "
+                         "registered name (see 'clipsr models') or a .safetensors file as "
+                         "`model`")
     return name
-
-
-def clip_weights_path(arch: str, weights: str) -> Path | None:
-    """The verified local file of the CLIP entry for ``(arch, weights)``, fetched if missing
-    (unless offline: ``DownloadError`` with the command to run); None when no entry matches."""
-    entry = load_registry().clip_entry(arch, weights)
-    if entry is None:
-        return None
-    from clipsr_cli.hub import fetch as download
-
-    return download.ensure(entry)
 
 
 __all__ = [
     "ModelEntry", "Registry", "load_registry", "parse_registry_file", "registry_files",
-    "cache_dir", "user_registry_path", "installed_path", "resolve_model", "default_model",
-    "clip_weights_path", "is_offline", "set_offline", "offline_reason",
+    "cache_dir", "user_registry_path", "default_model", "BUILTIN_REGISTRY",
 ]
