@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsr_cli.errors import ClipsrError, DataError, TrainingError
+from clipsr_cli.errors import ClipsrError, DataError, TrainingError, UsageError, log
 from clipsr_cli.train.config import (ConfigError, config_from_cli, from_toml_text, parse_set,
                                      resolve_config, to_toml)
 
@@ -73,7 +73,7 @@ def test_config_precedence_and_round_trip(tmp_path):
     ("[data]\nscael = 4\n", r"unknown key\(s\) \['scael'\] in \[data\]"),
     ("[modle]\nx = 1\n", "unknown top-level key 'modle'"),
     ("[data]\nscale = 'four'\n", r"\[data\] scale: must be an integer"),
-    ("[data]\nscale = 3\n", "scale must be one of"),
+    ("[data]\nscale = 3\n", "`scale` must be one of"),
     ("[data]\npatch_size = 10\n", "multiple of 4"),
     ("[loss]\npixel = 'l3'\n", "must be one of"),
     ("preset = 'fast'\n", "preset must be one of"),
@@ -89,8 +89,9 @@ def test_config_errors_name_file_and_key(tmp_path, text, match):
 def test_parse_set():
     assert parse_set(["run.clip=none", "optim.lr=1e-3", "data.hflip=false"]) == {
         "run": {"clip": "none"}, "optim": {"lr": 1e-3}, "data": {"hflip": False}}
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError, match="`sets` item 'lr=1': use SECTION.KEY=VALUE") as e:
         parse_set(["lr=1"])
+    assert e.value.param == "sets" and e.value.exit_code == 2
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     from clipsr_cli.train.trainer import train
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=10 ** 6, run={"time_limit": 2.0})
-    res = train(cfg, show_progress=False)
+    res = train(cfg)
     assert res.stopped == "time" and 0 < res.step < 10 ** 6
     assert load_checkpoint(res.export).config.scale == 4
     assert json.loads((res.run_dir / "summary.json").read_text())["stopped"] == "time"
@@ -191,7 +192,8 @@ def test_captioned_layouts_train_with_their_captions(tmp_path, fmt):
     test split as validation; RGBA images are composited by the dataset reader."""
     import pickle
 
-    from clipsr_cli.train.trainer import TextCache, train
+    from clipsr_cli.train.steps import TextCache
+    from clipsr_cli.train.trainer import train
 
     root = tmp_path / "ds"
     imgs = _photos(root / "image", n=6)
@@ -221,7 +223,7 @@ def test_captioned_layouts_train_with_their_captions(tmp_path, fmt):
                data={"format": fmt, "val": str(path), "val_format": fmt, "batch_size": 8})
     import unittest.mock as um
     with um.patch.object(TextCache, "__call__", spy):
-        res = train(cfg, show_progress=False)
+        res = train(cfg)
     assert res.val is not None and np.isfinite(res.val["val_psnr"])
     train_caps = ({f"a bird number {i}" for i in range(4)} | {f"second caption {i}" for i in range(4)}
                   if fmt == "birds" else {f"a bird img{i}" for i in range(4)})
@@ -238,7 +240,7 @@ def test_streamed_dataset_trains_and_skips_bad_images(tmp_path, workers):
     _photos(tmp_path / "p" / "small", n=1, size=(16, 16))
     cfg = _cfg(tmp_path, data, steps=3, clip="clipsr-tiny:random",
                data={"in_memory": "no", "workers": workers, "max_bad_fraction": 0.5})
-    res = train(cfg, show_progress=False)
+    res = train(cfg)
     assert res.step == 3
     summary = json.loads((res.run_dir / "summary.json").read_text())
     assert summary["unreadable_images"] >= 1 and summary["small_images"] >= 1
@@ -256,7 +258,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     steps = 9
     full = _cfg(tmp_path / "a", data, clip="clipsr-tiny:random", steps=steps,
                 data={"caption_dropout": 0.3})
-    train(full, show_progress=False)
+    train(full)
 
     part = _cfg(tmp_path / "b", data, clip="clipsr-tiny:random", steps=steps,
                 data={"caption_dropout": 0.3})
@@ -266,12 +268,12 @@ def test_resume_equals_uninterrupted(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(part, show_progress=False, on_step=interrupt)
+        train(part, on_step=interrupt)
     assert torch.load(tmp_path / "b/run/checkpoint.pt", weights_only=True)["step"] == 4
     resumed_cfg = config_from_cli(config=None, preset=None, resume=True,
                                   flags={"run": {"out": str(tmp_path / "b/run")}})
     assert resumed_cfg == part
-    train(resumed_cfg, resume=True, show_progress=False)
+    train(resumed_cfg, resume=True)
 
     a = [(r["step"], r["loss"]) for r in _metrics(tmp_path / "a/run") if "loss" in r]
     b = [(r["step"], r["loss"]) for r in _metrics(tmp_path / "b/run") if "loss" in r]
@@ -289,17 +291,17 @@ def test_resume_errors(tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         config_from_cli(config=None, preset=None, resume=True, flags={"run": {"out": str(tmp_path / "x")}})
     cfg = _cfg(tmp_path, data, steps=3)
-    train(cfg, show_progress=False)
+    train(cfg)
     with pytest.raises(TrainingError, match="already finished"):
-        train(cfg, resume=True, show_progress=False)
+        train(cfg, resume=True)
     changed = config_from_cli(config=None, preset=None, resume=True,
                               flags={"run": {"out": cfg.run.out, "steps": 5},
                                      "data": {"scale": 8}}, sets=["model.body_blocks=2"])
     with pytest.raises(TrainingError, match=r"differs in \[model\], data.scale"):
-        train(changed, resume=True, show_progress=False)
+        train(changed, resume=True)
     longer = config_from_cli(config=None, preset=None, resume=True,
                              flags={"run": {"out": cfg.run.out, "steps": 5}})
-    assert train(longer, resume=True, show_progress=False).step == 5
+    assert train(longer, resume=True).step == 5
 
 
 # -- gan preset and --init ----------------------------------------------------------------------------
@@ -310,7 +312,7 @@ def test_gan_preset_updates_generator_and_discriminator(tmp_path):
 
     data = _photos(tmp_path / "p", captions=True)
     base = _cfg(tmp_path / "psnr", data, clip="clipsr-tiny:random", steps=2)
-    init = train(base, show_progress=False).export
+    init = train(base).export
     cfg = config_from_cli(config=None, preset="gan", resume=False,
                           flags={"data": {"path": str(data), "patch_size": 8, "batch_size": 4},
                                  "loss": {"d_width": 16},
@@ -318,7 +320,7 @@ def test_gan_preset_updates_generator_and_discriminator(tmp_path):
                                          "device": "cpu", "log_every": 1}})
     assert cfg.run.clip == "clipsr-tiny:random" and cfg.model.encoder_widths == (8, 12, 16)  # from --init
     seen = []
-    res = train(cfg, show_progress=False, on_step=lambda s, l: seen.append(l))
+    res = train(cfg, on_step=lambda s, l: seen.append(l))
     assert len(seen) == 3
     for losses in seen:
         for k in ("pixel", "perceptual", "d_loss", "d_gp", "g_adv", "g_cos", "loss"):
@@ -335,10 +337,10 @@ def test_init_with_another_architecture_is_refused(tmp_path):
     from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p")
-    init = train(_cfg(tmp_path / "a", data, steps=1), show_progress=False).export
+    init = train(_cfg(tmp_path / "a", data, steps=1)).export
     bad = _cfg(tmp_path / "b", data, steps=1, model={"body_blocks": 2}, run={"init": str(init)})
     with pytest.raises(TrainingError, match="differs from the configured one"):
-        train(bad, show_progress=False)
+        train(bad)
 
 
 # -- bad inputs ---------------------------------------------------------------------------------------
@@ -347,31 +349,51 @@ def test_empty_dataset_and_too_small_images(tmp_path):
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError):
-        train(_cfg(tmp_path, tmp_path / "empty"), show_progress=False)
+        train(_cfg(tmp_path, tmp_path / "empty"))
     small = _photos(tmp_path / "small", n=3, size=(20, 20))
-    with pytest.raises(DataError, match="smaller than the 32x32 HR patch.*--patch-size"):
-        train(_cfg(tmp_path / "s", small), show_progress=False)
+    with pytest.raises(DataError, match="smaller than the 32x32 HR patch.*`patch_size`"):
+        train(_cfg(tmp_path / "s", small))
 
 
-def test_unreadable_images_are_skipped_counted_then_fatal(tmp_path, capsys):
+@pytest.fixture
+def logged():
+    """Messages of the library's log (``clipsr_cli.errors.log``) during a test."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    h = Keep()
+    log.addHandler(h)
+    level = log.level
+    log.setLevel(logging.INFO)
+    yield records
+    log.removeHandler(h)
+    log.setLevel(level)
+
+
+def test_unreadable_images_are_skipped_counted_then_fatal(tmp_path, logged):
     from clipsr_cli.train.trainer import train
 
     data = _photos(tmp_path / "p", n=6)
     (data / "broken.png").write_bytes(b"not a png")
-    res = train(_cfg(tmp_path / "a", data, steps=2, data={"max_bad_fraction": 0.5}), show_progress=False)
+    res = train(_cfg(tmp_path / "a", data, steps=2, data={"max_bad_fraction": 0.5}))
     assert json.loads((res.run_dir / "summary.json").read_text())["unreadable_images"] == 1
-    assert capsys.readouterr().err.count("skipping unreadable") == 1
+    assert sum("skipping unreadable" in m for m in logged) == 1
     for i in range(4):
         (data / f"broken{i}.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="5 of 11 images could not be read"):
-        train(_cfg(tmp_path / "b", data, steps=2, data={"max_bad_fraction": 0.2}), show_progress=False)
+        train(_cfg(tmp_path / "b", data, steps=2, data={"max_bad_fraction": 0.2}))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from clipsr_cli.train import trainer as loop
+    from clipsr_cli.train import setup, trainer as loop
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=8, run={"checkpoint_every": 3})
-    real = loop.pixel_loss("l1")
+    real = setup.pixel_loss("l1")
     calls = {"n": 0}
 
     def poisoned(kind):
@@ -380,17 +402,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
             return real(a, b) * (float("nan") if calls["n"] == 5 else 1.0)
         return f
 
-    monkeypatch.setattr(loop, "pixel_loss", poisoned)
+    monkeypatch.setattr(setup, "pixel_loss", poisoned)
     with pytest.raises(TrainingError, match="pixel loss became nan at step 5.*last good checkpoint"):
-        loop.train(cfg, show_progress=False)
+        loop.train(cfg)
     assert torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)["step"] == 3
 
 
-def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    from clipsr_cli.train import trainer as loop
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, logged):
+    from clipsr_cli.train import rundir, trainer as loop
 
     cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=6, run={"checkpoint_every": 2})
-    real = loop.atomic_write_bytes
+    real = rundir.atomic_write_bytes
     calls = {"n": 0}
 
     def flaky(path, data):
@@ -400,10 +422,10 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(loop, "atomic_write_bytes", flaky)
-    with pytest.raises(TrainingError, match="keeps the checkpoint of step 2.*--resume"):
-        loop.train(cfg, show_progress=False)
-    assert "disk full" in capsys.readouterr().err
+    monkeypatch.setattr(rundir, "atomic_write_bytes", flaky)
+    with pytest.raises(TrainingError, match="keeps the checkpoint of step 2.*`resume=True`"):
+        loop.train(cfg)
+    assert any("disk full" in m for m in logged)
     assert torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)["step"] == 2
     assert not list((tmp_path / "run").glob(".*.part"))
 

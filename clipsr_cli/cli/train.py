@@ -6,8 +6,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-_P = "Training"
-
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -69,14 +67,14 @@ def register(app: typer.Typer) -> None:
         degradation: Annotated[Optional[str], typer.Option(
             "--degradation", help="bicubic (antialiased MATLAB bicubic, 8-bit; default) or extra "
             "(+ random blur, noise, JPEG).", show_default=False)] = None,
-        set_: Annotated[Optional[List[str]], typer.Option(
+        sets: Annotated[Optional[List[str]], typer.Option(
             "--set", help="Any setting as SECTION.KEY=VALUE (TOML value), e.g. "
             "--set model.body_blocks=8 --set data.rot90=true. Repeatable.", show_default=False)] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
     ) -> None:
         """Train a model on a dataset; exports RUN_DIR/model.safetensors (EMA weights)."""
-        from clipsr_cli.cli.console import configure
+        from clipsr_cli.cli.console import configure, state
         from clipsr_cli.train.config import config_from_cli
 
         configure(verbose=verbose, quiet=quiet)
@@ -90,8 +88,52 @@ def register(app: typer.Typer) -> None:
                     "val_every": val_every, "checkpoint_every": checkpoint_every,
                     "log_every": log_every},
         }
-        cfg = config_from_cli(config=config, preset=preset, resume=resume, flags=flags, sets=set_)
+        cfg = config_from_cli(config=config, preset=preset, resume=resume, flags=flags, sets=sets)
         from clipsr_cli.train.trainer import train as run
 
-        result = run(cfg, resume=resume)
+        with _ProgressBar(enabled=not state.quiet) as bar:
+            result = run(cfg, resume=resume, progress=bar.update)
         typer.echo(str(result.export))  # the result, on stdout
+
+
+class _ProgressBar:
+    """The training progress bar on stderr (Rich; rank 0 alone reports progress)."""
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self._p = None
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def update(self, p) -> None:
+        """``p``: a ``clipsr_cli.train.trainer.TrainProgress``."""
+        if not self.enabled:
+            return
+        if self._p is None:
+            import time
+
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            from clipsr_cli.cli.console import err_console
+
+            self._p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                               TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                               transient=False)
+            self._p.__enter__()
+            self._task = self._p.add_task("train", total=p.total, completed=p.first_step,
+                                          loss="", speed="")
+            self._clock, self._t0 = time.monotonic, time.monotonic()
+        fields = {}
+        if p.loss is not None:
+            dt = self._clock() - self._t0
+            fields = {"loss": f"loss {p.loss:.4f}",
+                      "speed": f"{(p.step - p.first_step) / max(dt, 1e-9):.2f} it/s"}
+        self._p.update(self._task, completed=p.step, **fields)
+
+    def __exit__(self, *exc) -> bool:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False

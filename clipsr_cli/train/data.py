@@ -14,15 +14,13 @@ so an LR patch is exactly the downscaled full image's pixels.
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from clipsr_cli.errors import DataError
+from clipsr_cli.errors import DataError, log
 
 
 @dataclass
@@ -112,7 +110,7 @@ class BadImages:
         self.small = 0
         self.seen = 0
         self._warned: set[str] = set()
-        self._warn = warn or (lambda m: warnings.warn(m, stacklevel=3))
+        self._warn = warn or log.warning
 
     def bad(self, message: str) -> None:
         self.unreadable += 1
@@ -336,7 +334,7 @@ class StreamSampler:
                     self.bad.too_small(msg)
                     if self.bad.small >= self.bad.seen and self.bad.seen >= 100:
                         raise DataError("every image read so far is smaller than the HR patch; "
-                                        "use a smaller --patch-size")
+                                        "use a smaller `patch_size`")
                 else:
                     good.append((crop, caps))
         items, self._pending = good[:self.batch], good[self.batch:]
@@ -390,6 +388,3 @@ def load_val(source, *, scale: int, multiple: int, max_images: int, max_size: in
         warn(f"validation: skipped {skipped} unreadable or too small image(s)")
     return out
 
-
-def estimate_batches_per_epoch(n_images: int, batch: int) -> int:
-    return max(1, math.ceil(n_images / batch))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsr_cli.train.losses import clamp_layers, clip_forward
+from clipsr_cli.train.losses import clamp_layers
 
 
 class _ResBlock(nn.Module):
@@ -31,8 +31,7 @@ class ClipDiscriminator(nn.Module):
                  text_dim: int = 0):
         super().__init__()
         object.__setattr__(self, "clip", clip)  # frozen; not a submodule, not in state_dict
-        depth = len(clip.model.visual.transformer.resblocks)
-        self.layers = clamp_layers(tuple(layers), depth)
+        self.layers = clamp_layers(tuple(layers), clip.visual_layers)
         cw = clip.visual_width
         self.proj = nn.ModuleList(nn.Conv2d(cw, width, 1) for _ in self.layers)
         self.blocks = nn.ModuleList(_ResBlock(width) for _ in self.layers[1:])
@@ -45,7 +44,7 @@ class ClipDiscriminator(nn.Module):
 
     def features(self, img: torch.Tensor, *, with_embedding: bool = False):
         """CLIP patch-token maps of ``img`` in [0,1] (and its CLIP image embedding)."""
-        maps, emb = clip_forward(self.clip, img.float(), self.layers)
+        maps, emb = self.clip.visual_features(img.float(), self.layers)
         return (maps, emb) if with_embedding else maps
 
     def logits(self, maps: list[torch.Tensor], t: torch.Tensor | None) -> torch.Tensor:

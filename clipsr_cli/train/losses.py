@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipsr_cli.errors import TrainingError
+
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1
 
 
@@ -22,24 +24,6 @@ def pixel_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     if kind == "charbonnier":
         return lambda a, b: torch.sqrt((a.float() - b.float()) ** 2 + 1e-6).mean()
     raise ValueError(kind)
-
-
-def clip_forward(clip, img: torch.Tensor, layers: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One pass of CLIP's visual transformer over ``img`` in [0,1]: the patch-token maps after
-    the given (1-based) blocks and the image embedding (B, D). Differentiable w.r.t. ``img``."""
-    visual = clip.model.visual
-    x = visual._embeds(clip.preprocess(img))
-    g = int(round((x.shape[1] - 1) ** 0.5))
-    maps = []
-    for i, blk in enumerate(visual.transformer.resblocks):
-        x = blk(x)
-        if (i + 1) in layers:
-            t = x[:, 1:1 + g * g]
-            maps.append(t.transpose(1, 2).reshape(x.shape[0], -1, g, g))
-    pooled, _ = visual._pool(x)
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return maps, pooled.float()
 
 
 def clamp_layers(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -87,10 +71,10 @@ class ClipPerceptual(nn.Module):
     def __init__(self, clip, layers: tuple[int, ...] = (2, 4, 6)):
         super().__init__()
         object.__setattr__(self, "clip", clip)  # frozen, not a submodule
-        self.layers = clamp_layers(layers, len(clip.model.visual.transformer.resblocks))
+        self.layers = clamp_layers(layers, clip.visual_layers)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        maps, _ = clip_forward(self.clip, torch.cat([sr, hr]).float(), self.layers)
+        maps, _ = self.clip.visual_features(torch.cat([sr, hr]).float(), self.layers)
         loss = sr.new_zeros((), dtype=torch.float32)
         for m in maps:
             a, b = m.chunk(2)
@@ -105,8 +89,6 @@ def vgg16_cached_weights() -> Path | None:
 
 def build_perceptual(kind: str, clip, warn) -> tuple[nn.Module | None, str]:
     """The perceptual loss for ``kind`` (auto/vgg16/clip/none) and the name of what was chosen."""
-    from clipsr_cli.errors import TrainingError
-
     if kind == "none":
         return None, "none"
     if kind in ("auto", "vgg16"):
@@ -123,6 +105,6 @@ def build_perceptual(kind: str, clip, warn) -> tuple[nn.Module | None, str]:
                  "perceptual loss")
         return ClipPerceptual(clip), "clip"
     if kind == "clip":
-        raise TrainingError("loss.perceptual = 'clip' needs a CLIP (--clip ARCH, or a gan run)")
+        raise TrainingError("loss.perceptual = 'clip' needs a CLIP (`clip='ARCH'`, or a gan run)")
     warn("no VGG16 weights in the torch hub cache and no CLIP: training without a perceptual loss")
     return None, "none"

@@ -1,0 +1,113 @@
+"""Training configuration and run-directory plumbing: [model] is ModelConfig, the config file is
+read once, precision comes from the engine, progress and notes go through callbacks and the log,
+metrics appends survive a torn line, and the loop cleans up on any error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+
+import pytest
+import torch
+
+from clipsr_cli.errors import DeviceError
+from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.train.config import config_from_cli, from_toml_text, to_toml
+from clipsr_cli.train.schema import MODEL_KEYS_ELSEWHERE, ModelSection, model_config
+from tests.test_train import _cfg, _photos
+
+
+def test_model_section_is_model_config_less_what_is_set_elsewhere():
+    section = {f.name: f.default for f in dataclasses.fields(ModelSection)}
+    model = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+             if f.name not in MODEL_KEYS_ELSEWHERE}
+    assert section == model and "negative_slope" in section
+    # a ModelConfig field is a [model] key (here via the sets items) and reaches the generator
+    cfg = config_from_cli(config=None, preset=None, resume=False, flags={"run": {"out": "r"}},
+                          sets=["model.negative_slope=0.1", "data.scale=8"])
+    m = model_config(cfg)
+    assert m.negative_slope == 0.1 and m.scale == 8 and m.clip is None
+    assert from_toml_text(to_toml(cfg), source="x") == cfg
+
+
+def test_the_config_file_is_read_once(tmp_path, monkeypatch):
+    from clipsr_cli.model.checkpoint import save_checkpoint
+    from clipsr_cli.model.network import build_model
+    from clipsr_cli.train import settings
+
+    mcfg = ModelConfig(scale=2, encoder_widths=(8, 12), body_blocks=1, up_widths=(8,))
+    save_checkpoint(tmp_path / "init.safetensors", build_model(mcfg, None), mcfg)
+    f = tmp_path / "c.toml"
+    f.write_text('preset = "gan"\n[run]\ninit = "init.safetensors"\nclip = "none"\n[data]\n'
+                 'patch_size = 8\n')
+    calls = []
+    real = settings.read_toml
+    monkeypatch.setattr(settings, "read_toml", lambda p: calls.append(p) or real(p))
+    cfg = config_from_cli(config=str(f), preset=None, resume=False, flags={"run": {"out": "r"}})
+    assert len(calls) == 1
+    assert cfg.preset == "gan" and cfg.data.scale == 2 and cfg.model.encoder_widths == (8, 12)
+
+
+def test_precision_is_the_engines_with_training_cpu_default():
+    from clipsr_cli.train.setup import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == torch.bfloat16  # docs/training.md: bf16 on the CPU
+    assert resolve_amp("bf16", cpu) == torch.bfloat16
+    assert resolve_amp("fp32", cpu) is None
+    with pytest.raises(DeviceError, match="fp16"):
+        resolve_amp("fp16", cpu)
+
+
+def test_progress_callback_and_log(tmp_path):
+    from clipsr_cli.train.trainer import train
+
+    seen = []
+    res = train(_cfg(tmp_path, _photos(tmp_path / "p"), steps=4, run={"log_every": 2}),
+                progress=seen.append)
+    assert [(p.step, p.total, p.first_step) for p in seen] == [(s, 4, 0) for s in (1, 2, 3, 4)]
+    assert [p.loss is not None for p in seen] == [False, True, False, True]
+    assert res.step == 4 and not list(res.run_dir.glob(".*.part"))
+
+
+def test_metrics_log_drops_records_after_the_checkpoint_and_torn_lines(tmp_path):
+    from clipsr_cli.train.rundir import MetricsLog
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+    m = MetricsLog(p, 1)
+    m.append({"step": 2, "loss": 0.25})
+    m.close()
+    assert [json.loads(l) for l in p.read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.25}]
+
+
+def test_any_error_in_the_loop_restores_sigterm_and_closes_the_metrics(tmp_path, monkeypatch):
+    from clipsr_cli.train import rundir
+    from clipsr_cli.train.trainer import train
+
+    opened = []
+    real = rundir.MetricsLog.close
+    monkeypatch.setattr(rundir.MetricsLog, "close", lambda self: opened.append(self) or real(self))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def boom(step, losses):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train(_cfg(tmp_path, _photos(tmp_path / "p"), steps=3), on_step=boom)
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert len(opened) == 1 and opened[0]._fd is None
+
+
+def test_cli_usage_errors_name_the_flags(tmp_path):
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli.app import app
+
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "lr=1"])
+    assert r.exit_code == 2 and "--set item 'lr=1': use SECTION.KEY=VALUE" in r.output
+    r = CliRunner().invoke(app, ["train", "--resume"])
+    assert r.exit_code == 2 and "--resume needs --out RUN_DIR" in r.output
+
