@@ -140,8 +140,8 @@ def test_tiled_cli_matches_untiled(tmp_path, tiny_ckpt):
 
 
 # -- bad input: exit 1, one line on stderr, no traceback, no output, input untouched -------------
-def _bad(r, pattern, tmp_path, before):
-    assert r.exit_code == 1, r.output
+def _bad(r, pattern, tmp_path, before, code=1):
+    assert r.exit_code == code, r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert pattern.lower() in lines[0].lower(), lines[0]
@@ -199,7 +199,7 @@ def test_unknown_model_suggests_close_match(tmp_path):
 def test_unknown_device(tmp_path, tiny_ckpt):
     src = _photo(tmp_path / "in.png")
     r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "--device", "tpu"])
-    _bad(r, "unknown device", tmp_path, ["in.png"])
+    _bad(r, "unknown device", tmp_path, ["in.png"], code=2)  # a value that can never work
 
 
 def test_existing_output_and_input_are_never_overwritten(tmp_path, tiny_ckpt):

@@ -8,8 +8,10 @@ import torch
 
 from clipsr_cli.model.clip import load_clip
 from clipsr_cli.model.network import build_model
-from clipsr_cli.infer.engine import Upscaler, resolve_device, resolve_precision
-from clipsr_cli.errors import DeviceError, InputError
+from clipsr_cli.infer import engine
+from clipsr_cli.infer.devices import resolve_device, resolve_precision
+from clipsr_cli.infer.engine import Upscaler
+from clipsr_cli.errors import DeviceError, InputError, ModelError, UsageError
 from clipsr_cli.infer.tiling import count_tiles, plan_tiles, run_tiled
 from tests.conftest import perturb, tiny_config
 
@@ -89,23 +91,67 @@ def test_bf16_close_to_fp32(text_model):
 def test_device_and_precision_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(DeviceError, match="unknown device"):
+    with pytest.raises(UsageError, match="unknown device") as e:
         resolve_device("tpu9")
+    assert e.value.param == "device" and e.value.exit_code == 2
     if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="CUDA is not available"):
+        with pytest.raises(DeviceError, match="CUDA is not available") as e:
             resolve_device("cuda:1")
+        assert "`device='cpu'`" in str(e.value)  # library terms; the CLI says --device cpu
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == torch.float32
     assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
     with pytest.raises(DeviceError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", cpu)
-    with pytest.raises(DeviceError, match="unknown precision"):
+    with pytest.raises(UsageError, match="unknown precision") as e:
         resolve_precision("int3", cpu)
+    assert e.value.param == "precision"
+    # the engine's old names still work (for callers not yet moved to infer.devices)
+    assert engine.resolve_device is resolve_device and engine.resolve_precision is resolve_precision
 
 
 def test_bad_engine_inputs(text_model):
     up = Upscaler(text_model, device="cpu", precision="fp32")
     with pytest.raises(InputError):
         up.upscale_tensor(torch.rand(1, 4, 8, 8))
-    with pytest.raises(InputError):
+    with pytest.raises(UsageError, match="`tile` must be") as e:
         Upscaler(text_model, device="cpu", tile="huge")
+    assert e.value.param == "tile"
+    with pytest.raises(UsageError) as e:
+        Upscaler(text_model, device="cpu", tile=-3)
+    assert e.value.param == "tile"
+    with pytest.raises(UsageError, match="`tile_overlap` must be >= 0") as e:
+        Upscaler(text_model, device="cpu", tile_overlap=-1)
+    assert e.value.param == "tile_overlap"
+
+
+def test_upscale_image_upscales_alpha_on_its_own(text_model):
+    from clipsr_cli.io.images import from_pil
+    from PIL import Image
+
+    rgba = np.random.default_rng(0).integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    loaded = from_pil(Image.fromarray(rgba, "RGBA"))
+    up = Upscaler(text_model, device="cpu", precision="fp32", tile=0)
+    rgb, alpha = up.upscale_image(loaded, "a bird")
+    assert rgb.shape == (36, 44, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb, up.upscale_array(loaded.rgb, "a bird"))
+    assert torch.equal(alpha, engine.upscale_alpha(loaded.alpha, 4))
+    assert alpha.shape[-2:] == (36, 44)
+    pil = up.upscale(Image.fromarray(rgba, "RGBA"), "a bird")  # upscale(PIL) goes through it
+    assert pil.mode == "RGBA" and np.array_equal(np.asarray(pil)[..., :3], rgb)
+    assert up.upscale_image(from_pil(Image.fromarray(rgba[..., :3])))[1] is None
+
+
+def test_null_embedding_and_clip_similarity(text_model):
+    up = Upscaler(text_model, device="cpu", precision="fp32")
+    null = up.null_text_embedding()
+    assert torch.equal(null, text_model.text_embedding([None]))
+    img = torch.rand(1, 3, 16, 16)
+    clip = text_model.clip
+    ref = torch.nn.functional.cosine_similarity(clip.encode_image(img),
+                                                clip.encode_text(["a bird"]))
+    assert up.clip_similarity(img, "a bird") == pytest.approx(float(ref), abs=1e-6)
+    image_only = Upscaler(build_model(tiny_config(4)), device="cpu")
+    assert image_only.null_text_embedding() is None
+    with pytest.raises(ModelError, match="image-only"):
+        image_only.clip_similarity(img, "a bird")

@@ -135,3 +135,36 @@ def test_model_describes_itself():
     assert info.tile_overlap % info.pad_multiple == 0 and info.parameters > 0
     tinfo = _text_model().info
     assert tinfo.text_conditioned and tinfo.clip == "clipsr-tiny:random"
+
+
+def test_clip_public_steps_reproduce_open_clip():
+    """embed_patches → blocks → pool is open_clip's own encode_image, exactly; the token maps
+    are what visual_tokens returns (so nothing needs open_clip's private _embeds/_pool)."""
+    clip = load_clip("clipsr-tiny:random")
+    img = torch.rand(2, 3, 40, 52)
+    with torch.no_grad():
+        x = clip.embed_patches(img)
+        g = clip.image_size // clip.model.visual.conv1.stride[0]
+        assert x.shape == (2, 1 + g * g, clip.visual_width)
+        maps = []
+        for blk in clip.blocks:
+            x = blk(x)
+            maps.append(clip.token_map(x))
+        assert torch.equal(clip.pool(x).float(), clip.encode_image(img))
+        assert torch.equal(clip.pool(x), clip.model.encode_image(clip.preprocess(img)))
+        feats, emb = clip.visual_features(img, layers=(1, 3))
+        assert torch.equal(emb, clip.encode_image(img))
+        assert torch.equal(feats[0], maps[0]) and torch.equal(feats[1], maps[2])
+        assert torch.equal(clip.visual_tokens(img), maps[-1])
+        assert all(torch.equal(a, b) for a, b in
+                   zip(clip.visual_tokens(img, return_layers=(2, 4)), (maps[1], maps[3])))
+        txt = clip.encode_text(["a bird", "a car"])
+        sim = clip.similarity(img, txt)
+        ref = torch.nn.functional.cosine_similarity(clip.encode_image(img), txt)
+        assert torch.allclose(sim, ref)
+
+
+def test_info_is_computed_once():
+    model = build_model(tiny_config(4))
+    assert model.info is model.info
+    assert model.info.parameters == sum(p.numel() for p in model.parameters())

@@ -17,90 +17,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.model.config import ModelInfo
-from clipsr_cli.errors import DeviceError, InputError, ModelError
+from clipsr_cli.errors import InputError, ModelError, UsageError
+from clipsr_cli.hub.registry import default_model
+from clipsr_cli.hub.resolve import clip_weights_path, resolve_model
+from clipsr_cli.infer.devices import available_memory as _available_memory
+from clipsr_cli.infer.devices import resolve_device, resolve_precision
 from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
+from clipsr_cli.io import images as imageio
+from clipsr_cli.io.images import LoadedImage
+from clipsr_cli.model.checkpoint import load_checkpoint
+from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
+from clipsr_cli.model.config import ModelInfo
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ProgressFn = Callable[[int, int], None]
 
-
-# -- device and precision: resolved in one place --------------------------------------------------
-def resolve_device(spec: str | torch.device = "auto") -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; or an explicit ``cpu``/``cuda``/``cuda:N``/``mps``."""
-    if isinstance(spec, torch.device):
-        return spec
-    s = str(spec).strip().lower()
-    if s == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(s)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} requested but CUDA is not available here; "
-                              "use --device cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA "
-                              "device(s) here; use cuda:0 … or auto")
-        return dev
-    if dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("device 'mps' requested but Apple MPS is not available here; "
-                              "use --device cpu (or auto)")
-        return dev
-    raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+__all__ = ["Upscaler", "EngineSettings", "load_clip_backbone", "upscale_alpha",
+           "resolve_device", "resolve_precision"]
 
 
-def _cpu_bf16_fast() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - old or exotic builds
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for the generator (float32 = no autocast).
-
-    ``auto``: bf16 (or fp16 where bf16 is unsupported) on CUDA, fp16 on MPS, and on the CPU bf16
-    where oneDNN has native bf16 (measured ~3× faster, PSNR change < 0.001 dB), else fp32.
-    """
-    p = precision.lower()
-    if p not in ("auto", "fp32", "bf16", "fp16"):
-        raise DeviceError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if p == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.bfloat16 if _cpu_bf16_fast() else torch.float32
-    if p == "fp16" and device.type == "cpu":
-        raise DeviceError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-
-
-def _available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 4 << 30
+def load_clip_backbone(spec: str | ClipSpec, device: str | torch.device = "cpu") -> ClipBackbone:
+    """The frozen CLIP of ``spec`` (``ARCH[:WEIGHTS]``) on ``device``: registered weights (e.g.
+    ``ViT-B-32:openai``) come verified from the registry's cache, downloaded first unless offline;
+    anything else (``random``, a file, an open_clip tag) is loaded as it stands."""
+    spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
+    path = clip_weights_path(spec.arch, spec.weights) if spec.weights_is_name else None
+    return load_clip(spec, device, weights_path=path)
 
 
 @dataclass(frozen=True)
@@ -130,18 +72,18 @@ class Upscaler:
         if tile_overlap is None:
             tile_overlap = info.tile_overlap
         if tile_overlap < 0:
-            raise InputError("--tile-overlap must be >= 0")
+            raise UsageError("`tile_overlap` must be >= 0", param="tile_overlap")
         if isinstance(tile, str):
             if tile.strip().lower() != "auto":
                 try:
                     tile = int(tile)
                 except ValueError:
-                    raise InputError(f"--tile must be 'auto', 0 (off) or a size in LR pixels, "
-                                     f"not {tile!r}") from None
+                    raise UsageError(f"`tile` must be 'auto', 0 (off) or a size in LR pixels, "
+                                     f"not {tile!r}", param="tile") from None
             else:
                 tile = "auto"
         if isinstance(tile, int) and tile < 0:
-            raise InputError("--tile must be 'auto', 0 (off) or a positive size")
+            raise UsageError("`tile` must be 'auto', 0 (off) or a positive size", param="tile")
         self.settings = EngineSettings(dev, dtype, tile, tile_overlap)
         self._text_cache: dict[str, torch.Tensor] = {}
 
@@ -153,18 +95,16 @@ class Upscaler:
 
         With ``model=None`` the built-in default for ``scale`` is used.
         """
-        from clipsr_cli.model.checkpoint import load_checkpoint
-
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
         if model is None:
             if scale is None:
                 raise ModelError("no model given; pass a model name/path or a scale")
-            model = _default_model(scale)
+            model = default_model(scale)
         path = _resolve_model_path(str(model))
-        net = load_checkpoint(path, device=dev)
+        net = load_checkpoint(path, clip=load_clip_backbone, device=dev)
         if scale is not None and net.info.scale != scale:
-            raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop -s or "
+            raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop `scale` or "
                              f"pick a ×{scale} model (see 'clipsr models')")
         return cls(net, device=dev, precision=precision, tile=tile, tile_overlap=tile_overlap,
                    name=str(model))
@@ -192,6 +132,23 @@ class Upscaler:
             with torch.inference_mode():
                 self._text_cache[text] = self.model.text_embedding([text]).clone()
         return self._text_cache[text]
+
+    def null_text_embedding(self) -> torch.Tensor | None:
+        """The model's learned null embedding (1, D) (what "no caption" means), or None for an
+        image-only model."""
+        if not self.info.text_conditioned:
+            return None
+        with torch.inference_mode():
+            return self.model.text_embedding([None]).clone()
+
+    def clip_similarity(self, image: torch.Tensor, text: str) -> float:
+        """CLIP score: cosine similarity between CLIP's embedding of ``image`` ((1, 3, H, W) in
+        [0, 1]) and of ``text``. Needs a text-conditioned model (its CLIP)."""
+        clip = self.model.clip
+        if clip is None:
+            raise ModelError(f"{self.name} is image-only: it has no CLIP to score images with")
+        with torch.inference_mode():
+            return float(clip.similarity(image, self.embed_text(text)).item())
 
     # -- core ------------------------------------------------------------------------------------
     def _autocast(self):
@@ -300,25 +257,26 @@ class Upscaler:
         if not isinstance(image, Image.Image):
             raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
                              "PIL image or a tensor")
-        from clipsr_cli.io import images as imageio
-
         loaded = imageio.from_pil(image)
-        rgb = self.upscale_array(loaded.rgb, text, bit_depth=loaded.bit_depth, progress=progress)
-        alpha = upscale_alpha(loaded.alpha, self.scale) if loaded.alpha is not None else None
+        rgb, alpha = self.upscale_image(loaded, text, progress=progress)
         return imageio.to_pil(rgb, alpha, bit_depth=loaded.bit_depth, grayscale=loaded.grayscale,
                               icc_profile=loaded.icc_profile)
+
+    def upscale_image(self, image: LoadedImage, text: str | None = None, *,
+                      text_embedding: torch.Tensor | None = None,
+                      progress: ProgressFn | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Upscale a decoded image: colour through the network (a (s·H, s·W, 3) array at the
+        image's bit depth) and alpha, if any, on its own (bicubic, see :func:`upscale_alpha`)."""
+        rgb = self.upscale_array(image.rgb, text, bit_depth=image.bit_depth,
+                                 text_embedding=text_embedding, progress=progress)
+        alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
+        return rgb, alpha
 
 
 def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
     """Alpha is upscaled on its own (bicubic, clamped), never through the colour network."""
     return F.interpolate(alpha.float(), scale_factor=scale, mode="bicubic",
                          align_corners=False).clamp_(0, 1)
-
-
-def _default_model(scale: int) -> str:
-    from clipsr_cli.hub import registry
-
-    return registry.default_model(scale)
 
 
 def _resolve_model_path(model: str) -> Path:
@@ -332,6 +290,4 @@ def _resolve_model_path(model: str) -> Path:
         if not p.exists():
             raise ModelError(f"checkpoint not found: {p}")
         return p
-    from clipsr_cli.hub import registry
-
-    return registry.resolve_model(model)
+    return resolve_model(model)

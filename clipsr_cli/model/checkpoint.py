@@ -1,8 +1,14 @@
 """The clipsr checkpoint: one ``.safetensors`` file.
 
 Tensors: the generator's ``state_dict`` (CLIP is not copied in). Metadata (all strings):
-``format`` = "clipsr", ``format_version`` = "1", ``config`` = the JSON ``ModelConfig``,
+``format`` = "clipsr", ``format_version`` = "2", ``config`` = the JSON ``ModelConfig``,
 optional ``training`` = a JSON summary of how it was trained. Loading never unpickles.
+
+Format versions: 1 named the generator's parameters after its flat layout (``head``, ``down``,
+``stages``, ``lift``, ``body``, ``body_conv``, ``up``, ``up_blocks``, ``tail``, ``prompt``,
+``fu_norm``, ``fu_proj``); 2 names them after the paper's parts (``encoder``, ``refinement``,
+``upsampler``, ``prompt_predictor``, ``fu_projection``). ``read_checkpoint`` renames version-1
+tensors with :data:`V1_RENAMES`, so every version loads into the current model.
 """
 
 from __future__ import annotations
@@ -10,23 +16,56 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
-from clipsr_cli.io.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
-from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.errors import ModelError
+from clipsr_cli.io.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
+from clipsr_cli.model.clip import ClipBackbone, load_clip
+from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.model.network import CLIPSR, build_model
 
 FORMAT = "clipsr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: Version-1 tensor-name prefixes → version-2 ones (parameter order is the same in both).
+V1_RENAMES: tuple[tuple[str, str], ...] = (
+    ("head.", "encoder.head."),
+    ("down.", "encoder.down."),
+    ("stages.", "refinement.stages."),
+    ("lift.", "refinement.lift."),
+    ("body.", "refinement.body."),
+    ("body_conv.", "refinement.body_conv."),
+    ("up.", "upsampler.convs."),
+    ("up_blocks.", "upsampler.blocks."),
+    ("tail.", "upsampler.out."),
+    ("prompt.", "prompt_predictor."),
+    ("fu_norm.", "fu_projection.norm."),
+    ("fu_proj.", "fu_projection.proj."),
+)
+
+
+def rename_keys(state: dict[str, torch.Tensor], renames=V1_RENAMES, *,
+                reverse: bool = False) -> dict[str, torch.Tensor]:
+    """Rename tensors by the first matching prefix of ``renames`` (old → new; new → old with
+    ``reverse``); names no prefix matches (``null_text``) are kept."""
+    rules = [(b, a) if reverse else (a, b) for a, b in renames]
+    out = {}
+    for k, v in state.items():
+        for old, new in rules:
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: ModelConfig, *,
                     training: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Save generator weights + config atomically. ``dtype`` (e.g. fp16) narrows float tensors."""
-    from safetensors.torch import save
-
     path = Path(path)
     state = {}
     for k, v in model.state_dict().items():
@@ -42,10 +81,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Mod
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
-    """Read and validate a checkpoint: (config, state_dict, metadata). Raises ``ModelError``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
+    """Read and validate a checkpoint: (config, state_dict with the current parameter names,
+    metadata as stored). Raises ``ModelError``."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
@@ -77,16 +114,23 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         raise ModelError(f"{path} has checkpoint format {version}, newer than this clipsr "
                          f"understands ({FORMAT_VERSION}); upgrade clipsr")
     config = ModelConfig.from_json(meta.get("config", ""), source=str(path))
+    if version < 2:
+        state = rename_keys(state)
     return config, state, meta
 
 
-def load_checkpoint(path: str | os.PathLike, *, clip=None, device: str | torch.device = "cpu"):
-    """Build the generator of a checkpoint with its weights (fp32), attach ``clip``.
+ClipLoader = Callable[[str, torch.device | str], ClipBackbone]
 
-    For text-conditioned checkpoints with ``clip=None`` the CLIP named in the config is loaded.
+
+def load_checkpoint(path: str | os.PathLike, *, clip: ClipBackbone | ClipLoader | None = None,
+                    device: str | torch.device = "cpu") -> CLIPSR:
+    """Build the generator of a checkpoint with its weights (fp32) and attach its CLIP.
+
+    ``clip``: for a text-conditioned checkpoint, the CLIP backbone, or a loader called as
+    ``clip(config.clip, device)`` (``clipsr_cli.infer.engine.load_clip_backbone`` resolves
+    registered weights through the model registry). None: :func:`~clipsr_cli.model.clip.load_clip`
+    of the spec as it stands (random weights, a file, or an open_clip pretrained tag).
     """
-    from clipsr_cli.model.network import build_model
-
     config, state, meta = read_checkpoint(path)
     model = build_model(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -99,9 +143,9 @@ def load_checkpoint(path: str | os.PathLike, *, clip=None, device: str | torch.d
     model.eval().requires_grad_(False)
     if config.text_conditioned:
         if clip is None:
-            from clipsr_cli.model.clip import load_clip
-
-            clip = load_clip(config.clip, device=device)
+            clip = load_clip
+        if not isinstance(clip, torch.nn.Module):  # a loader
+            clip = clip(config.clip, device)
         model.attach_clip(clip)
     model.checkpoint_meta = meta
     return model.to(device)

@@ -5,6 +5,9 @@ A CLIP *spec* is ``ARCH`` or ``ARCH:WEIGHTS``. ARCH is an open_clip architecture
 a tiny architecture registered by this package for tests. WEIGHTS is ``openai`` (the default,
 fetched through the clipsr registry), another registry entry, a file path, an open_clip pretrained
 tag, or ``random`` (deterministic random initialisation, for tests and experiments only).
+
+This module does not look names up in the registry: :func:`load_clip` takes an already resolved
+``weights_path``; ``clipsr_cli.infer.engine.load_clip_backbone`` resolves and loads.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +28,6 @@ from clipsr_cli.errors import ModelError
 TINY_ARCH = "clipsr-tiny"
 _TINY_CONFIG = Path(__file__).with_name("clipsr-tiny.json")
 _registered = False
-log = logging.getLogger(__name__)
 
 
 def _open_clip():
@@ -55,6 +58,19 @@ class ClipSpec:
     def __str__(self) -> str:
         return f"{self.arch}:{self.weights}"
 
+    @property
+    def weights_file(self) -> Path | None:
+        """WEIGHTS as a local file path, when it is one (by suffix or because it exists)."""
+        p = Path(self.weights).expanduser()
+        if p.suffix in (".pt", ".pth", ".bin", ".safetensors") or p.exists():
+            return p
+        return None
+
+    @property
+    def weights_is_name(self) -> bool:
+        """WEIGHTS is a name (``openai``, a registry or open_clip tag), not a file or ``random``."""
+        return self.weights != "random" and self.weights_file is None
+
 
 @dataclass(frozen=True)
 class ClipDims:
@@ -79,24 +95,21 @@ def clip_dims(arch: str) -> ClipDims:
     return ClipDims(cfg["embed_dim"], v["width"], v["layers"], size)
 
 
-def _resolve_weights(spec: ClipSpec) -> str | None:
-    """Return what open_clip's ``pretrained=`` needs: a local file, a tag, or None for random."""
-    if spec.weights == "random":
-        return None
-    p = Path(spec.weights).expanduser()
-    if p.suffix in (".pt", ".pth", ".bin", ".safetensors") or p.exists():
+def _pretrained(spec: ClipSpec, weights_path: str | os.PathLike | None) -> str | None:
+    """What open_clip's ``pretrained=`` gets: a local file, a tag, or None for random weights."""
+    if weights_path is not None:
+        p = Path(weights_path).expanduser()
         if not p.is_file():
             raise ModelError(f"CLIP weights file not found: {p}")
         return str(p)
-    try:  # the registry/cache (downloads with sha256 verification)
-        from clipsr_cli.hub import registry
-
-        path = registry.clip_weights_path(spec.arch, spec.weights)
-        if path is not None:
-            return str(path)
-    except (ImportError, AttributeError):  # registry not available: fall back to open_clip tags
-        pass
-    return spec.weights
+    if spec.weights == "random":
+        return None
+    p = spec.weights_file
+    if p is not None:
+        if not p.is_file():
+            raise ModelError(f"CLIP weights file not found: {p}")
+        return str(p)
+    return spec.weights  # an open_clip pretrained tag
 
 
 class ClipBackbone(nn.Module):
@@ -151,6 +164,59 @@ class ClipBackbone(nn.Module):
                           align_corners=False, antialias=True)
         return (x.clamp(0, 1) - self.mean) / self.std
 
+    # -- the visual transformer, step by step (open_clip's public attributes only) -------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The visual transformer's residual blocks; each maps (B, L, width) → (B, L, width)."""
+        return self.model.visual.transformer.resblocks
+
+    def embed_patches(self, img: torch.Tensor) -> torch.Tensor:
+        """Image in [0,1] → the token sequence (B, 1 + g², width) that enters the first block:
+        patch embeddings after the class token, plus positions, after ``ln_pre``. (Patch dropout,
+        a training-time option of open_clip, never runs: this CLIP is always in eval mode.)"""
+        visual = self.model.visual
+        x = visual.conv1(self.preprocess(img))  # (B, width, g, g)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, g², width)
+        cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1)
+        x = x + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The token sequence after the last block → the image embedding (B, D): ``ln_post`` and
+        the class token (or the patch mean, as the architecture says), times ``proj``."""
+        visual = self.model.visual
+        pool_type = getattr(visual, "pool_type", "tok")
+        if getattr(visual, "attn_pool", None) is not None or pool_type not in ("tok", "avg"):
+            raise ModelError(f"CLIP {self.spec.arch} pools with attention; CLIP-SR needs a plain "
+                             "ViT (e.g. 'ViT-B-32')")
+        after = getattr(visual, "final_ln_after_pool", False)
+        if not after:
+            x = visual.ln_post(x)
+        pooled = x[:, 0] if pool_type == "tok" else x[:, 1:].mean(dim=1)
+        if after:
+            pooled = visual.ln_post(pooled)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+    @staticmethod
+    def token_map(x: torch.Tensor) -> torch.Tensor:
+        """A token sequence (B, 1 + g² [+ extra], width) → the patch-token map (B, width, g, g)."""
+        g = int(round((x.shape[1] - 1) ** 0.5))
+        return _to_map(x, g)
+
+    def visual_features(self, img: torch.Tensor, layers: Sequence[int] = ()) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One pass over an image in [0,1]: the patch-token maps after the given (1-based) blocks
+        and the image embedding (B, D), fp32. Differentiable w.r.t. ``img``."""
+        x = self.embed_patches(img)
+        maps = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if (i + 1) in layers:
+                maps.append(self.token_map(x))
+        return maps, self.pool(x).float()
+
     def visual_tokens(self, img: torch.Tensor, prompts: torch.Tensor | None = None,
                       return_layers: tuple[int, ...] | None = None):
         """Run the visual transformer on an image in [0,1].
@@ -160,9 +226,8 @@ class ClipBackbone(nn.Module):
         (after all blocks when there are no prompts), or, with ``return_layers``, a list of the
         patch-token maps after each of those (1-based) blocks.
         """
-        visual = self.model.visual
-        x = visual._embeds(self.preprocess(img))  # (B, 1+g², W)  (batch_first)
-        blocks = visual.transformer.resblocks
+        x = self.embed_patches(img)  # (B, 1+g², W)  (batch_first)
+        blocks = self.blocks
         k = 0 if prompts is None else prompts.shape[1]
         last = max(return_layers) if return_layers else (k if k else len(blocks))
         g = int(round((x.shape[1] - 1) ** 0.5))
@@ -181,6 +246,13 @@ class ClipBackbone(nn.Module):
         """CLIP image embedding (B, D) of an image in [0,1] (differentiable w.r.t. the image)."""
         return self.model.encode_image(self.preprocess(img), normalize=False).float()
 
+    @torch.no_grad()
+    def similarity(self, img: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B,) between the CLIP embedding of ``img`` (in [0,1]) and a sentence
+        embedding (B or 1, D) from :meth:`encode_text`."""
+        emb = self.encode_image(img.to(self.device))
+        return F.cosine_similarity(emb, text_embedding.to(emb.device))
+
 
 def _to_map(x: torch.Tensor, g: int) -> torch.Tensor:
     t = x[:, 1:1 + g * g]
@@ -190,13 +262,19 @@ def _to_map(x: torch.Tensor, g: int) -> torch.Tensor:
 _RANDOM_SEED = 20241215
 
 
-def load_clip(spec: str | ClipSpec, device: torch.device | str = "cpu") -> ClipBackbone:
-    """Build a frozen CLIP backbone in fp32 on ``device``."""
+def load_clip(spec: str | ClipSpec, device: torch.device | str = "cpu", *,
+              weights_path: str | os.PathLike | None = None) -> ClipBackbone:
+    """Build a frozen CLIP backbone in fp32 on ``device``.
+
+    ``weights_path``: the weights file, already resolved (e.g. from the registry's cache). Without
+    it the spec's WEIGHTS is used as it stands: ``random``, a file path, or an open_clip
+    pretrained tag (registered names such as ``openai`` are resolved one layer up, by
+    ``clipsr_cli.infer.engine.load_clip_backbone``).
+    """
     spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
-    dims = clip_dims(spec.arch)  # validates the architecture
-    del dims
+    clip_dims(spec.arch)  # validates the architecture
     open_clip = _open_clip()
-    pretrained = _resolve_weights(spec)
+    pretrained = _pretrained(spec, weights_path)
     if pretrained is None and spec.arch != TINY_ARCH:
         warnings.warn(f"CLIP {spec.arch} with random weights: for tests and experiments only",
                       stacklevel=2)

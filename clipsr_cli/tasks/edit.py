@@ -202,8 +202,7 @@ def iter_edits(up, lr: torch.Tensor, *, target_text: str, source_text: str | Non
     if source_text:
         source = up.embed_text(source_text)
     else:
-        with torch.inference_mode():
-            source = up.model.text_embedding([None]).clone()
+        source = up.null_text_embedding()
     for a in strengths:
         emb = interpolate_embedding(source, target, a)
         sr = up.upscale_tensor(lr, text_embedding=emb, progress=progress)

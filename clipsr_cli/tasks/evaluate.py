@@ -168,10 +168,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
 @torch.inference_mode()
 def _clip_score(upscaler, sr: torch.Tensor, caption: str) -> float:
     """Cosine similarity between CLIP's embedding of the SR image and of the caption."""
-    clip = upscaler.model.clip
-    img = clip.encode_image(sr.to(clip.device))
-    txt = upscaler.embed_text(caption).to(img.device)
-    return float(torch.nn.functional.cosine_similarity(img, txt).item())
+    return upscaler.clip_similarity(sr, caption)
 
 
 def _lpips_note() -> str:
