@@ -104,6 +104,40 @@ def test_unreadable_images_raise_data_error(tmp_path):
         src.load(names.index("bad.png"))
 
 
+def test_datasets_decode_as_upscale_does(tmp_path):
+    """An 8-bit RGB file gives exactly the pixels `clipsr upscale` reads (io.images.read_image);
+    alpha is composited over white in float; 16 bits are rounded to 8 (load_image) or kept
+    (load_rgb)."""
+    import torch
+
+    from clipsr_cli.data.datasets import load_rgb
+    from clipsr_cli.io.images import read_image, write_image
+
+    rng = np.random.default_rng(0)
+    rgb8 = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb8).save(tmp_path / "a.png")
+    Image.fromarray(rgb8).save(tmp_path / "a.jpg", quality=80)
+    for name in ("a.png", "a.jpg"):
+        up = read_image(tmp_path / name).rgb
+        assert torch.equal(load_rgb(tmp_path / name), up)
+        got = np.asarray(load_image(tmp_path / name)).astype(np.float32) / 255
+        assert np.array_equal(got, up[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(np.asarray(load_image(tmp_path / "a.png")), rgb8)
+
+    rgba = np.concatenate([rgb8, rng.integers(0, 256, (9, 7, 1), dtype=np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    c, a = rgba[..., :3] / 255.0, rgba[..., 3:] / 255.0
+    want = c * a + (1 - a)
+    assert np.allclose(load_rgb(tmp_path / "t.png")[0].permute(1, 2, 0).numpy(), want, atol=1e-6)
+    assert np.abs(np.asarray(load_image(tmp_path / "t.png")) - np.rint(want * 255)).max() <= 1
+
+    rgb16 = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    write_image(tmp_path / "w.png", rgb16)
+    assert torch.equal(load_rgb(tmp_path / "w.png"), read_image(tmp_path / "w.png").rgb)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "w.png")),
+                          np.rint(rgb16 / 65535 * 255).astype(np.uint8))
+
+
 # -- folder -------------------------------------------------------------------------------------------
 def test_folder_with_sidecar_captions(tmp_path):
     _png(tmp_path / "b.png")
@@ -142,7 +176,7 @@ def test_empty_folder_and_bad_arguments(tmp_path):
     with pytest.raises(DataError, match="unknown split"):
         open_dataset(tmp_path, split="dev")
     (tmp_path / "x.txt").write_text("a")
-    with pytest.raises(DataError, match="not a .csv/.jsonl manifest"):
+    with pytest.raises(DataError, match="not a manifest"):
         open_dataset(tmp_path / "x.txt")
 
 

@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
+from clipsr_cli.io import encode
 from clipsr_cli.io import images as imageio
-from clipsr_cli.errors import InputError
+from clipsr_cli.errors import InputError, OutputExistsError, UsageError
 from clipsr_cli.io.images import (
     from_pil,
     is_image_path,
@@ -208,7 +209,7 @@ def test_row_blocks_join_seamlessly(tmp_path, monkeypatch):
     alpha = torch.rand(1, 1, 23, 9)
     whole = [read_image(write_image(tmp_path / "a.png", data[..., :3], data[..., 3])),
              read_image(write_image(tmp_path / "a.bmp", rgb, alpha))]
-    monkeypatch.setattr(imageio, "_BLOCK", 80)  # blocks of 2 (PNG filter) and 8 (quantise) rows
+    monkeypatch.setattr(encode, "_BLOCK", 80)  # blocks of 2 (PNG filter) and 8 (quantise) rows
     blocks = [read_image(write_image(tmp_path / "b.png", data[..., :3], data[..., 3])),
               read_image(write_image(tmp_path / "b.bmp", rgb, alpha))]
     for x, y in zip(whole, blocks, strict=True):
@@ -271,7 +272,7 @@ def test_tiff16_with_a_codec_tifffile_lacks_is_a_clear_error(tmp_path):
 
 
 def test_sixteen_bits_requested_for_jpeg_is_refused(tmp_path):
-    with pytest.raises(InputError, match="16 bits"):
+    with pytest.raises(UsageError, match="16 bits"):
         write_image(tmp_path / "a.jpg", smooth_rgb(), bit_depth=16)
     li16 = read_image(write_image(tmp_path / "a.png", u16(4, 4, 3)))
     out = write_image(tmp_path / "b.jpg", li16.rgb, like=li16)  # a 16-bit *source* → 8-bit JPEG
@@ -350,7 +351,7 @@ def test_stdin_and_stdout(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     assert write_image("-", li.rgb, format="png") is None
     assert np.array_equal(as_u8(read_image(out.buffer.getvalue()).rgb), as_u8(li.rgb))
-    with pytest.raises(InputError, match="--format"):
+    with pytest.raises(UsageError, match="`format='png'`"):
         write_image("-", li.rgb)
     assert os.listdir(tmp_path) == []
 
@@ -460,7 +461,7 @@ def test_failed_16bit_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         f.write(data)
 
-    monkeypatch.setattr(imageio, "_png_chunk", broken)
+    monkeypatch.setattr(encode, "_png_chunk", broken)
     with pytest.raises(InputError, match="No space left"):
         write_image(tmp_path / "a.png", u16(4, 4, 3))
     assert os.listdir(tmp_path) == []
@@ -469,8 +470,9 @@ def test_failed_16bit_write_leaves_nothing(tmp_path, monkeypatch):
 def test_no_overwrite_without_permission(tmp_path):
     dest = tmp_path / "a.png"
     dest.write_bytes(b"old")
-    with pytest.raises(InputError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="`overwrite=True`") as e:
         write_image(dest, smooth_rgb())
+    assert e.value.path == dest
     assert dest.read_bytes() == b"old"
     write_image(dest, smooth_rgb(), overwrite=True)
     assert read_image(dest).size == (32, 24)
@@ -483,7 +485,7 @@ def test_no_overwrite_without_permission(tmp_path):
 def test_refuses_to_write_onto_the_input(tmp_path):
     src = write_image(tmp_path / "in.png", smooth_rgb())
     li = read_image(src)
-    with pytest.raises(InputError, match="input"):
+    with pytest.raises(OutputExistsError, match="input"):
         write_image(src, li.rgb, like=li)
     write_image(src, 1 - li.rgb, like=li, overwrite=True)
     assert torch.allclose(read_image(src).rgb, 1 - li.rgb, atol=1 / 255)
@@ -495,11 +497,11 @@ def test_destination_problems(tmp_path):
         write_image(tmp_path / "no" / "a.png", rgb)
     with pytest.raises(InputError, match="extension"):
         write_image(tmp_path / "a.xyz", rgb)
-    with pytest.raises(InputError, match="does not match"):
+    with pytest.raises(UsageError, match="does not match"):
         write_image(tmp_path / "a.png", rgb, format="jpeg")
-    with pytest.raises(InputError, match="unknown image format"):
+    with pytest.raises(UsageError, match="unknown image format"):
         write_image(tmp_path / "a", rgb, format="gif")
-    with pytest.raises(InputError, match="quality"):
+    with pytest.raises(UsageError, match="quality"):
         write_image(tmp_path / "a.jpg", rgb, quality=0)
     (tmp_path / "d.png").mkdir()
     with pytest.raises(InputError, match="folder"):
@@ -520,7 +522,7 @@ def test_paths():
     assert output_path_for("/x/photo.jpg", 2, format="png").as_posix() == "/x/photo_x2.png"
     assert output_path_for("/x/anim.gif", 2).as_posix() == "/x/anim_x2.png"
     assert output_path_for("p.png", 4, suffix="_edited").as_posix() == "p_edited.png"
-    with pytest.raises(InputError, match="-o"):
+    with pytest.raises(InputError, match="`output=FILE`"):
         output_path_for("-", 4)
     assert is_image_path("a/B.TIFF") and is_image_path("x.jpeg") and is_image_path("y.webp")
     assert not is_image_path("notes.txt") and not is_image_path("anim.gif")

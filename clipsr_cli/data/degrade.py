@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from clipsr_cli.errors import DataError
 
-__all__ = ["imresize", "DegradeOptions", "degrade", "crop_to_multiple", "quantize_8bit"]
+__all__ = ["imresize", "resize_matrix", "DegradeOptions", "degrade", "crop_to_multiple",
+           "quantize_8bit"]
 
 
 # -- MATLAB imresize ---------------------------------------------------------------------------------
@@ -58,10 +59,15 @@ def _contributions(in_len: int, out_len: int, scale: float) -> tuple[torch.Tenso
 
 
 @functools.lru_cache(maxsize=128)
-def _weight_matrix(in_len: int, out_len: int, scale: float) -> torch.Tensor:
-    """The same contributions as a dense (out_len, in_len) float64 matrix."""
+def resize_matrix(in_len: int, out_len: int, scale: float) -> torch.Tensor:
+    """MATLAB ``imresize`` along one axis as a dense (out_len, in_len) float64 CPU matrix:
+    ``m @ x`` resamples ``in_len`` samples to ``out_len`` (``scale`` = out_len / in_len, or the
+    scale ``imresize`` was given). Cached; do not modify the returned tensor."""
     ind, w = _contributions(in_len, out_len, scale)
     return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, ind, w)
+
+
+_weight_matrix = resize_matrix  # temporary alias for train/data.py; use resize_matrix
 
 
 def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float) -> torch.Tensor:
@@ -79,7 +85,7 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float) -> torch.
                 and torch.backends.cuda.matmul.allow_tf32)
         dense = not tf32 and in_len * out_len <= 1 << 24
     if dense:
-        m = _weight_matrix(in_len, out_len, scale).to(device=x.device, dtype=x.dtype)
+        m = resize_matrix(in_len, out_len, scale).to(device=x.device, dtype=x.dtype)
         return x @ m.T if dim == -1 else m @ x
     ind = ind.to(x.device)
     w = w.to(device=x.device, dtype=x.dtype)

@@ -1,0 +1,146 @@
+"""The one output policy: where results go, and that nothing is clobbered (torch-free).
+
+* :func:`output_path_for`: the default name beside the input, ``<stem>_x<scale><ext>``.
+* :func:`resolve_destination`: an ``output`` argument (a file, an existing folder, ``"-"`` for
+  standard output, or None for the default) → the file to write, checked.
+* :func:`check_destination`: the rule itself. The output folder must exist; a folder is no
+  output file; an existing file, and the input itself, are replaced only with ``overwrite``
+  (:class:`~clipsr_cli.errors.OutputExistsError`, whose ``path`` says which file: callers test
+  the type, never the message).
+* :func:`write_atomic` / :func:`write_bytes_atomic`: the write, through the one atomic writer
+  (:mod:`clipsr_cli.io.atomic`), never clobbering without ``overwrite``, even when the file
+  appears between the check and the write; :func:`write_stdout` for ``"-"``.
+
+Messages name parameters in backticks (see :mod:`clipsr_cli.errors`); ``param`` names the
+parameter that chose the path (``output`` unless told otherwise, e.g. ``report``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from clipsr_cli.errors import InputError, OutputExistsError, UsageError
+from clipsr_cli.io.atomic import atomic_write
+from clipsr_cli.io.formats import IMAGE_EXTENSIONS, extension_for
+
+__all__ = ["check_destination", "check_stdout", "output_path_for", "resolve_destination", "same_file",
+           "write_atomic", "write_bytes_atomic", "write_stdout"]
+
+
+def output_path_for(input_path: str | os.PathLike[str], scale: int, *, format: str | None = None,
+                    suffix: str | None = None) -> Path:
+    """Default output beside the input: ``<stem>_x<scale><ext>``.
+
+    ``format`` picks the extension (else the input's own, or ``.png`` when the input is not a
+    format clipsr writes, e.g. a GIF); ``suffix`` replaces ``_x<scale>`` (e.g. ``"_edited"``).
+    """
+    if os.fspath(input_path) == "-":
+        raise InputError("reading from standard input (-) needs an explicit output: pass "
+                         "`output=FILE`, or `output=-` with `format`")
+    p = Path(input_path)
+    if format is not None:
+        ext = extension_for(format)
+    elif p.suffix.lower() in IMAGE_EXTENSIONS:
+        ext = p.suffix
+    else:
+        ext = ".png"
+    tag = f"_x{scale}" if suffix is None else suffix
+    return p.with_name(f"{p.stem}{tag}{ext}")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str] | None) -> bool:
+    """True if both name one existing file (hard links included); False for ``"-"``/``"<...>"``."""
+    if b is None or os.fspath(b) == "-" or os.fspath(b).startswith("<"):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
+                      overwrite: bool, param: str = "output") -> Path:
+    """Refuse ``path`` unless writing it is allowed; return it as a Path.
+
+    InputError if its folder does not exist or it is a folder; OutputExistsError if it exists
+    (or is ``source``, the input) and not ``overwrite``.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name such as "
+                         f"{path / ('out' + (path.suffix or '.png'))}")
+    if not overwrite and path.exists():
+        if same_file(path, source):
+            raise OutputExistsError(f"refusing to overwrite the input {path}; choose another "
+                                    f"`{param}`, or pass `overwrite=True`", path=path)
+        raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it or choose "
+                                f"another `{param}`", path=path)
+    return path
+
+
+def resolve_destination(input: str | os.PathLike[str], output: str | os.PathLike[str] | None,
+                        scale: int, *, format: str | None = None, overwrite: bool = False,
+                        suffix: str | None = None) -> Path | None:
+    """Where the result of ``input`` goes: None for standard output (``output="-"``).
+
+    ``output`` None: :func:`output_path_for` beside the input; an existing folder: that name in
+    the folder; else the file itself. Checked with :func:`check_destination`.
+    """
+    input = os.fspath(input)
+    if output is not None and os.fspath(output) == "-":
+        if format is None:
+            raise UsageError("writing to standard output (`output=-`) needs `format` (png, "
+                             "jpeg, webp, tiff or bmp)", param="format")
+        return None
+    if output is None:
+        dest = output_path_for(input, scale, format=format, suffix=suffix)
+    else:
+        dest = Path(output).expanduser()
+        if dest.is_dir():
+            ref = input if input != "-" else "stdin.png"
+            dest = dest / output_path_for(ref, scale, format=format, suffix=suffix).name
+    return check_destination(dest, source=None if input == "-" else input, overwrite=overwrite)
+
+
+def write_atomic(path: str | os.PathLike[str], encode: Callable[[BinaryIO], None], *,
+                 overwrite: bool, param: str = "output") -> Path:
+    """Write ``path`` through ``encode(file)`` atomically (nothing partial is ever left).
+
+    Without ``overwrite`` an existing file is never replaced, even one that appeared after
+    :func:`check_destination` (OutputExistsError); a failed write is an InputError.
+    """
+    path = Path(path)
+    try:
+        return atomic_write(path, encode, overwrite=overwrite)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it or choose "
+                                f"another `{param}`", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}; check the free space and "
+                         "permissions of the output folder") from e
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool,
+                       param: str = "output") -> Path:
+    """:func:`write_atomic` of ``data``."""
+    return write_atomic(path, lambda f: f.write(data), overwrite=overwrite, param=param)
+
+
+def check_stdout(*, what: str = "image data") -> None:
+    """InputError if standard output is a terminal (binary data would garble it)."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    if isatty and isatty():
+        raise InputError(f"refusing to write {what} to a terminal; redirect standard output "
+                         "(> out.png) or pass `output=FILE`")
+
+
+def write_stdout(data: bytes, *, what: str = "image data") -> None:
+    """Write ``data`` to standard output; refused when it is a terminal."""
+    check_stdout(what=what)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
