@@ -13,6 +13,14 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the session's trained text model is ``slow`` (its first user pays
+    for the training): ``-m "not slow"`` then skips the training altogether."""
+    for item in items:
+        if "stripes_text_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own clipsr cache (CLIPSR_HOME) and no user registry."""
@@ -71,3 +79,17 @@ def tiny_ckpt(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stripes_text_model(tmp_path_factory) -> str:
+    """Path of a tiny ×8 text-conditioned model trained once per session on the synthetic stripes
+    task (tests/synthetic.py, settings ``SHARED_TRAINING``): the texture is named only in the
+    caption. Shared by tests/test_train_text.py (the text path learns) and tests/test_edit.py
+    (the text sets the drawn texture)."""
+    from tests.synthetic import SHARED_TRAINING, one_thread, train_tiny_text_model
+
+    with one_thread():
+        path = train_tiny_text_model(tmp_path_factory.mktemp("stripes_text"), text=True,
+                                     **SHARED_TRAINING)
+    return str(path)

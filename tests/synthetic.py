@@ -8,11 +8,13 @@ is fixed in image coordinates and training crops are aligned to the LR grid (mul
 scale, a multiple of the period), so a model that knows the texture can reproduce it exactly.
 
 Used by the test proving that the text path learns (tests/test_train_text.py), and by other
-tests that need a small text-conditioned model (``train_tiny_text_model``).
+tests that need a small text-conditioned model: ``tests/conftest.py`` trains one per session
+(``stripes_text_model``, settings ``SHARED_TRAINING``) for both test_train_text.py and test_edit.py.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,28 @@ class StripesSource:
             Image.fromarray(img, "RGB").save(root / f"synthetic_{i:04d}.png")
             (root / f"synthetic_{i:04d}.txt").write_text(kind + "\n")
         return root
+
+
+# The session's shared text model (tests/conftest.py ``stripes_text_model``) and the image-only
+# model it is compared with: 200 steps of batch 8 on the 48 default images (all three kinds), fp32
+# (bf16 autocast, what ``auto`` picks on a CPU, trains several times slower there), one thread:
+# ~18 s for the text model on one core. Margins measured for seeds 0/1/2 (thresholds in the tests):
+# true - wrong caption 38-40 dB, true - no caption 31-34 dB (test_train_text.py, both > 10);
+# `edit` orientation ratio 34-53 (> 5), LR consistency 49-55 dB (> 40), sweep step >= 0.106
+# (> 0.01) (test_edit.py). 150 steps missed LR consistency (39.96 dB, seed 0).
+SHARED_TRAINING = {"steps": 200, "batch_size": 8, "precision": "fp32", "log_every": 10 ** 9}
+
+
+@contextmanager
+def one_thread():
+    """One intra-op thread: the models are tiny, and on 2 cores shared with other processes two
+    spinning OpenMP threads per process measured ~10x slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def make_stripes_dataset(n: int = 48, *, size: int = 96, period: int = 4, amplitude: float = 0.2,

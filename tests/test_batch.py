@@ -9,7 +9,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -139,17 +139,25 @@ def test_killed_run_resumes_with_skip_existing(tmp_path, tiny_ckpt):
                 im.load()
                 assert im.size == (128, 128)
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    seen: set[str] = set()
-    while not seen and proc.poll() is None and time.monotonic() < deadline:
-        seen = _visible(out) if out.is_dir() else set()
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert seen, f"no output appeared: {err.decode()}"
+    # Kill right after the first result line: each output's path is printed on stdout (flushed,
+    # one per line) once the file is complete, so a blocking readline says exactly when; no
+    # polling, and 39 more inputs are left, so the run cannot finish before the kill lands.
+    err_log = tmp_path / "stderr.txt"
+    with err_log.open("wb") as err_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_file)
+        watchdog = threading.Timer(120, proc.kill)  # a CLI that never prints must not hang the suite
+        watchdog.start()
+        try:
+            first = proc.stdout.readline().decode().strip()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            proc.stdout.close()
+    assert first, f"no output line appeared: {err_log.read_text()}"
+    assert proc.returncode == -signal.SIGKILL
     done_before = _visible(out)
+    assert Path(first).name in done_before  # a path is printed only once its file is in place
     assert 0 < len(done_before) < n, "the run finished before it could be killed"
     check_complete(done_before)
     # what a kill during a write leaves behind (hidden, recognisable temporary files)

@@ -13,6 +13,7 @@ import torch
 from tests.test_train import _photos
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 @pytest.mark.parametrize("preset", ["psnr", "gan"])
 def test_two_processes_end_with_identical_weights(tmp_path, preset):
