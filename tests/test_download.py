@@ -51,6 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fail:
             self.send_error(503)
             return
+        try:
+            if self._hostile(srv):
+                return
+        except OSError:  # the client hung up (as it should, on a hostile server)
+            return
         data = srv.files.get(self.path)
         if data is None:
             self.send_error(404)
@@ -80,6 +85,46 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(srv.throttle)
 
 
+    def _hostile(self, srv) -> bool:
+        """The misbehaving servers of issue #12; True when this request was one of them."""
+        if self.path in srv.endless:  # no Content-Length, zeros until the client hangs up
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            block = bytes(64 * 1024)
+            while srv.sent.get(self.path, 0) < srv.endless_limit:
+                self.wfile.write(block)
+                with srv.lock:
+                    srv.sent[self.path] = srv.sent.get(self.path, 0) + len(block)
+            return True
+        if self.path in srv.trickle:  # one byte every `interval` s, for at most `seconds` s
+            data, (interval, seconds) = srv.files[self.path], srv.trickle[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            t0 = time.monotonic()
+            for i in range(len(data)):
+                if time.monotonic() - t0 > seconds:
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+            self.close_connection = True
+            return True
+        if self.path in srv.lie_length:  # Content-Length + extra, Range ignored, then a hang
+            data, (extra, hang) = srv.files[self.path], srv.lie_length[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data) + extra))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+            time.sleep(hang)
+            self.close_connection = True
+            return True
+        return False
+
+
 @pytest.fixture
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -87,6 +132,8 @@ def server():
     srv.files, srv.hits, srv.drop_once, srv.fail_first = {}, [], set(), {}
     srv.agents = []
     srv.throttle = 0.0
+    srv.endless, srv.endless_limit, srv.sent = set(), 64 << 20, {}
+    srv.trickle, srv.lie_length = {}, {}
     srv.lock = threading.Lock()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -201,7 +248,9 @@ def test_wrong_hash_exits_1_and_leaves_nothing(server, home, tmp_path, monkeypat
 
 
 def test_oversized_download_is_cut_and_rejected(server, home, tmp_path, monkeypatch):
-    server.files["/foo.safetensors"] = PAYLOAD + b"x" * 300_000
+    # (junk first: the first `size` bytes are not the file; PAYLOAD + junk would verify at
+    # `size` bytes and be accepted, see test_download_hostile.py)
+    server.files["/foo.safetensors"] = b"x" * 300_000 + PAYLOAD
     _registry(tmp_path, monkeypatch, _entry_toml("foo", [server.url + "/foo.safetensors"]))
     with pytest.raises(DownloadError, match="does not match its sha256"):
         resolve.resolve_model("foo")

@@ -1,6 +1,6 @@
 """The hub as a library: explicit ``offline``, the ``progress`` callback, notes through the
 ``clipsr`` logger (never printed), the User-Agent, and the one-way split
-registry ← store ← fetch ← resolve."""
+registry ← store ← transfer ← fetch ← resolve."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_hub_modules_import_one_way():
     import ast
     from pathlib import Path
 
-    order = ["registry", "store", "fetch", "resolve"]
+    order = ["registry", "store", "transfer", "fetch", "resolve"]
     hub = Path(registry.__file__).parent
     for i, name in enumerate(order):
         tree = ast.parse((hub / f"{name}.py").read_text())
