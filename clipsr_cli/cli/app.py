@@ -81,9 +81,11 @@ def _root(
 
 def _register() -> None:
     from clipsr_cli.cli import batch
+    from clipsr_cli.cli import compare
     from clipsr_cli.cli import download
     from clipsr_cli.cli import edit
     from clipsr_cli.cli import eval
+    from clipsr_cli.cli import inspect
     from clipsr_cli.cli import train
     from clipsr_cli.cli import upscale
 
@@ -93,6 +95,8 @@ def _register() -> None:
     train.register(app)
     download.register(app)
     eval.register(app)
+    compare.register(app)
+    inspect.register(app)
 
 
 _register()

@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
         table.add_column("license", overflow="fold")
         table.add_column("installed", no_wrap=True)
         for e in reg:
-            kind = "generator" if e.kind == "generator" else "CLIP" + ("" if e.usable
+            kind = e.kind if e.kind != "clip" else "CLIP" + ("" if e.usable
                                                                        else " (unusable)")
             text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
             table.add_row(e.name, kind, f"x{e.scale}" if e.scale else "-", text,

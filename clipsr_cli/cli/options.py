@@ -12,8 +12,9 @@ Scale = Annotated[Optional[int], typer.Option(
 Text = Annotated[Optional[str], typer.Option(
     "--text", "-t", help="Caption describing the image (text-guided models).")]
 Model = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Registered model name or path to a .safetensors checkpoint. "
-    "Default: the built-in clipsr-lite model for the scale.")]
+    "--model", "-m", help="Registered model name, path to a clipsr .safetensors checkpoint, or "
+    "a third-party SR file (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, ...; see "
+    "'clipsr inspect'). Default: the built-in clipsr-lite model for the scale.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16/fp16 on GPUs, bf16 on CPUs with "

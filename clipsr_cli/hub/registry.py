@@ -32,7 +32,7 @@ from clipsr_cli.errors import ModelError, log
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
 
-Kind = Literal["generator", "clip"]
+Kind = Literal["generator", "clip", "spandrel"]
 Source = Literal["url", "package"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -52,13 +52,15 @@ class ModelEntry:
     """Unique name used on the command line (``clipsr download NAME``, ``-m NAME``): letters,
     digits and ``. _ + -``; no ``/`` or ``:`` so that it never looks like a path or a CLIP spec."""
     kind: Kind
-    """``"generator"`` (a clipsr checkpoint) or ``"clip"`` (a CLIP backbone for open_clip)."""
+    """``"generator"`` (a clipsr checkpoint), ``"clip"`` (a CLIP backbone for open_clip) or
+    ``"spandrel"`` (a third-party SR checkpoint run through spandrel: Real-ESRGAN, SwinIR, …)."""
     description: str
     """One line for ``clipsr models``."""
     license: str
     """License of the weights (SPDX id or a short phrase)."""
     file: str
-    """File name (no directories). Generators must be ``.safetensors``."""
+    """File name (no directories). Generators must be ``.safetensors``; spandrel entries
+    ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` (read with ``weights_only``, never unpickled)."""
     sha256: str
     """Lower-case hex sha256 of the file; authoritative, checked after every download."""
     size: int | None = None
@@ -70,7 +72,7 @@ class ModelEntry:
     source: Source = "url"
     """``"url"``: downloaded into the cache; ``"package"``: shipped in ``clipsr_cli/weights/``."""
     scale: int | None = None
-    """Generators: the upscaling factor (2, 4, 8 or 16)."""
+    """Generators: the upscaling factor (2, 4, 8 or 16); spandrel entries: 2 … 16."""
     text_guided: bool | None = None
     """Generators: whether the model takes a caption (then ``clip`` is required)."""
     clip: str | None = None
@@ -123,8 +125,8 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
     if not _NAME_RE.match(name):
         raise bad("'name' may only contain letters, digits and . _ + - (no '/' or ':')")
     kind, source = raw["kind"], raw.get("source", "url")
-    if kind not in ("generator", "clip"):
-        raise bad(f"'kind' must be 'generator' or 'clip', not {kind!r}")
+    if kind not in ("generator", "clip", "spandrel"):
+        raise bad(f"'kind' must be 'generator', 'clip' or 'spandrel', not {kind!r}")
     if source not in ("url", "package"):
         raise bad(f"'source' must be 'url' or 'package', not {source!r}")
     file = raw["file"]
@@ -161,6 +163,17 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
         for key in ("arch", "weights"):
             if key in raw:
                 raise bad(f"{key!r} is only for CLIP entries")
+    elif kind == "spandrel":
+        if not file.endswith((".safetensors", ".pth", ".pt", ".ckpt")):
+            raise bad("a spandrel file must be .safetensors, .pth, .pt or .ckpt")
+        if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 16:
+            raise bad("'scale' must be an integer from 2 to 16")
+        if text_guided:
+            raise bad("a spandrel model is image-only: 'text_guided' must be false or absent")
+        for key in ("clip", "arch", "weights"):
+            if key in raw:
+                raise bad(f"{key!r} is not for spandrel entries")
+        text_guided = False
     else:
         for key in ("scale", "text_guided", "clip"):
             if key in raw:

@@ -44,7 +44,7 @@ def resolve_model(name_or_path: str, *, offline: bool | None = None,
                              "safetensors files (it never unpickles .pt/.pth weights)")
         return p
     entry = reg.get(s)
-    if entry.kind != "generator":
+    if entry.kind == "clip":
         raise ModelError(f"{entry.name!r} is a CLIP backbone, not an upscaling model; choose a "
                          "generator from 'clipsr models'")
     return ensure(entry, offline=offline, progress=progress)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.errors import InputError, ModelError, UsageError
+from clipsr_cli.errors import InputError, ModelError, UsageError, log
 from clipsr_cli.hub.registry import default_model
 from clipsr_cli.hub.resolve import clip_weights_path, resolve_model
 from clipsr_cli.infer.devices import available_memory as _available_memory
@@ -28,6 +28,7 @@ from clipsr_cli.io.images import LoadedImage
 from clipsr_cli.model.checkpoint import load_checkpoint
 from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
 from clipsr_cli.model.config import ModelInfo
+from clipsr_cli.model.foreign import is_foreign_file, load_foreign
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ProgressFn = Callable[[int, int], None]
@@ -69,6 +70,7 @@ class Upscaler:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name = name or "model"
         info = self.model.info
+        dtype = _supported_dtype(info, dtype, precision, self.name)
         if tile_overlap is None:
             tile_overlap = info.tile_overlap
         if tile_overlap < 0:
@@ -91,7 +93,9 @@ class Upscaler:
     def load(cls, model: str | os.PathLike | None = None, *, scale: int | None = None,
              device: str | torch.device = "auto", precision: Precision = "auto",
              tile: int | str = "auto", tile_overlap: int | None = None) -> "Upscaler":
-        """Load a registered model name or a ``.safetensors`` checkpoint path.
+        """Load a registered model name, a clipsr ``.safetensors`` checkpoint path, or a
+        third-party SR checkpoint (``.pth``/``.safetensors`` of an architecture spandrel knows,
+        see :mod:`clipsr_cli.model.foreign`).
 
         With ``model=None`` the built-in default for ``scale`` is used.
         """
@@ -102,7 +106,10 @@ class Upscaler:
                 raise ModelError("no model given; pass a model name/path or a scale")
             model = default_model(scale)
         path = _resolve_model_path(str(model))
-        net = load_checkpoint(path, clip=load_clip_backbone, device=dev)
+        if is_foreign_file(path):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
+            net = load_foreign(path, device=dev)
+        else:
+            net = load_checkpoint(path, clip=load_clip_backbone, device=dev)
         if scale is not None and net.info.scale != scale:
             raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop `scale` or "
                              f"pick a ×{scale} model (see 'clipsr models')")
@@ -271,6 +278,23 @@ class Upscaler:
                                  text_embedding=text_embedding, progress=progress)
         alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
         return rgb, alpha
+
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _supported_dtype(info: ModelInfo, dtype: torch.dtype, precision: str, name: str) -> torch.dtype:
+    """``dtype`` if the model runs in it; for ``precision='auto'`` fp32 instead (with a note),
+    and an explicit precision the model does not support is refused (UsageError)."""
+    chosen = _PRECISION_NAMES[dtype]
+    if chosen in info.precisions:
+        return dtype
+    if str(precision).strip().lower() == "auto":
+        log.info("model %s does not run in %s; using fp32", name, chosen)
+        return torch.float32
+    raise UsageError(f"model {name} does not support {chosen} (it runs in "
+                     f"{', '.join(info.precisions)}); use `precision='fp32'` or "
+                     "`precision='auto'`", param="precision")
 
 
 def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
