@@ -58,7 +58,7 @@ MAX_OVERLAP = 64
 #: Containers a training framework wraps a generator's state dict in (first match wins).
 _CONTAINERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "net_g",
                "netG", "generator", "model", "net")
-_INSTALL = "pip install 'clipsr[thirdparty]' (or pip install spandrel)"
+_INSTALL = "pip install 'spandrel>=0.4,<0.5' (a clipsr dependency)"
 
 
 @dataclass(frozen=True)
