@@ -194,7 +194,9 @@ def load_foreign(path: str | os.PathLike, *, device: str | torch.device = "cpu")
     state = read_state_dict(p)
     spandrel = _spandrel()
     try:
-        desc = spandrel.MAIN_REGISTRY.load(state)
+        with warnings.catch_warnings():  # e.g. torch.meshgrid's indexing note inside SwinIR
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            desc = spandrel.MAIN_REGISTRY.load(state)
     except spandrel.UnsupportedModelError:
         raise ModelError(f"{p}: no architecture clipsr knows matches these weights (neither a "
                          f"clipsr checkpoint nor one of spandrel {spandrel.__version__}'s "
