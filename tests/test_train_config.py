@@ -111,3 +111,27 @@ def test_cli_usage_errors_name_the_flags(tmp_path):
     r = CliRunner().invoke(app, ["train", "--resume"])
     assert r.exit_code == 2 and "--resume needs --out RUN_DIR" in r.output
 
+
+
+def test_the_documented_config_file_lists_every_setting_with_its_default():
+    """docs/training.md's "Config file" example is every key with its default (paths aside)."""
+    import re
+    from pathlib import Path
+
+    from clipsr_cli.train.schema import SECTIONS, TrainConfig
+    from clipsr_cli.train.settings import tomllib
+
+    doc = (Path(__file__).resolve().parent.parent / "docs/training.md").read_text()
+    block = re.search(r"## Config file.*?```toml\n(.*?)```", doc, re.S).group(1)
+    data = tomllib.loads(block)
+    default = TrainConfig()
+    assert data.pop("preset") == default.preset and sorted(data) == sorted(SECTIONS)
+    for sec, values in data.items():
+        fields = {f.name for f in dataclasses.fields(getattr(default, sec))}
+        # [model] is ModelConfig's fields (another area's): the documented ones must exist
+        assert set(values) <= fields if sec == "model" else set(values) == fields, sec
+        for k, v in values.items():
+            if (sec, k) in (("data", "path"), ("data", "val"), ("run", "out")):
+                continue
+            want = getattr(getattr(default, sec), k)
+            assert (list(want) if isinstance(want, tuple) else want) == v, (sec, k)

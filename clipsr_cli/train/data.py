@@ -73,9 +73,9 @@ class Degrader:
 
 
 def _matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
-    from clipsr_cli.data import degrade as _d
+    from clipsr_cli.data.degrade import resize_matrix
 
-    m = _d._weight_matrix(n_in, n_out, n_out / n_in)
+    m = resize_matrix(n_in, n_out, n_out / n_in)
     return m.to(device=like.device, dtype=like.dtype)
 
 

@@ -1,7 +1,9 @@
 """The text-conditional CLIP-based discriminator (GALIP-style) and its losses.
 
-D(image, t): a frozen CLIP visual transformer gives patch-token maps after a few blocks
-(1, 4, 8 for ViT-B/32: 3 x 768 x 7 x 7); each is projected, the first starts the trunk and each
+D(image, t): a frozen CLIP visual transformer gives patch-token maps after a few blocks: after
+the 2nd, 5th and 9th of ViT-B/32's 12 (``layers=(2, 5, 9)``, counted from 1 like
+``ClipBackbone.visual_features``; the authors' released code writes ``selected = [1, 4, 8]``,
+counting from 0), 3 x 768 x 7 x 7. Each map is projected, the first starts the trunk and each
 next one enters through a small residual conv block scaled by a zero-initialised learned gate;
 a conditional head concatenates the unit sentence embedding tiled over the grid and outputs one
 logit. Only the blocks and the head are trained.
@@ -27,7 +29,7 @@ class _ResBlock(nn.Module):
 
 
 class ClipDiscriminator(nn.Module):
-    def __init__(self, clip, *, layers: tuple[int, ...] = (1, 4, 8), width: int = 512,
+    def __init__(self, clip, *, layers: tuple[int, ...] = (2, 5, 9), width: int = 512,
                  text_dim: int = 0):
         super().__init__()
         object.__setattr__(self, "clip", clip)  # frozen; not a submodule, not in state_dict
@@ -57,8 +59,13 @@ class ClipDiscriminator(nn.Module):
 
 
 def d_loss(D: ClipDiscriminator, real: torch.Tensor, fake: torch.Tensor, t: torch.Tensor | None,
-           *, gp_weight: float, gp_power: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Hinge loss on (real, t), (fake, t), (real, t rolled by one) + MA-GP on (real, t)."""
+           *, gp_weight: float, gp_power: float,
+           keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Hinge loss on (real, t), (fake, t), (real, t rolled by one) + MA-GP on (real, t).
+
+    ``keep`` (B,) bool: rows whose ``t`` is a caption (the others hold the null text). A
+    mismatched pair is only made with a caption: (real, null text) is a real pair, not a fake one.
+    """
     real_maps = [m.detach().requires_grad_(True) for m in D.features(real)]
     with torch.no_grad():
         fake_maps = D.features(fake.detach())
@@ -69,7 +76,13 @@ def d_loss(D: ClipDiscriminator, real: torch.Tensor, fake: torch.Tensor, t: torc
     loss_fake = F.relu(1 + out_fake).mean()
     if t is not None and real.shape[0] > 1:
         out_mis = D.logits([m.detach() for m in real_maps], t.detach().roll(1, 0))
-        loss_fake = 0.5 * (loss_fake + F.relu(1 + out_mis).mean())
+        if keep is None:
+            loss_fake = 0.5 * (loss_fake + F.relu(1 + out_mis).mean())
+        else:  # masked means, no host sync: without any caption in the batch, no mismatch term
+            mis = keep.roll(1, 0).float()
+            any_mis = mis.amax()
+            loss_mis = (F.relu(1 + out_mis) * mis).sum() / mis.sum().clamp(min=1)
+            loss_fake = loss_fake * (1 - 0.5 * any_mis) + 0.5 * loss_mis
     inputs = real_maps + ([tt] if tt is not None else [])
     grads = torch.autograd.grad(out_real.sum(), inputs, create_graph=True)
     g = torch.cat([gr.flatten(1) for gr in grads], dim=1)
@@ -79,11 +92,18 @@ def d_loss(D: ClipDiscriminator, real: torch.Tensor, fake: torch.Tensor, t: torc
 
 
 def g_adv_loss(D: ClipDiscriminator, sr: torch.Tensor, t: torch.Tensor | None, *,
-               clip_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """-D(fake, t) - clip_weight * cos(CLIP_image(SR), t) (before the 0.01 weight)."""
+               clip_weight: float, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """-D(fake, t) - clip_weight * cos(CLIP_image(SR), t) (before the 0.01 weight). The cosine
+    is averaged over the ``keep`` rows (those with a caption; 0 when there is none): a null text
+    is no target for CLIP similarity."""
     maps, emb = D.features(sr, with_embedding=True)
     adv = -D.logits(maps, t).mean()
     if t is None or clip_weight == 0:
         return adv, {"g_adv": adv.detach()}
-    cos = F.cosine_similarity(emb, t.float(), dim=-1).mean()
+    cos = F.cosine_similarity(emb, t.float(), dim=-1)
+    if keep is None:
+        cos = cos.mean()
+    else:
+        k = keep.float()
+        cos = (cos * k).sum() / k.sum().clamp(min=1)
     return adv - clip_weight * cos, {"g_adv": adv.detach(), "g_cos": cos.detach()}

@@ -1,7 +1,9 @@
-"""Generator losses: reconstruction (L1 / Charbonnier), perceptual (VGG16 or CLIP), CLIP similarity.
+"""Generator losses: reconstruction (L1 / Charbonnier) and perceptual (VGG16 or CLIP features).
 
 Nothing here downloads: VGG16 is used only when torchvision's ImageNet weights are already in
 the torch hub cache (``torch.hub.get_dir()/checkpoints``), loaded with ``weights_only=True``.
+Which features the perceptual loss uses is a setting (``loss.perceptual``), never a silent
+fallback.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class VGGPerceptual(nn.Module):
         super().__init__()
         from torchvision.models import vgg16
 
-        net = vgg16()
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        net = vgg16()
         net.load_state_dict(state)
         self.features = net.features[:self.CUTS[-1]].eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
@@ -82,29 +84,46 @@ class ClipPerceptual(nn.Module):
         return loss / len(maps)
 
 
+def vgg16_weights_path() -> Path:
+    """Where torchvision keeps VGG16's ImageNet weights (the torch hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
 def vgg16_cached_weights() -> Path | None:
-    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+    p = vgg16_weights_path()
     return p if p.is_file() else None
 
 
-def build_perceptual(kind: str, clip, warn) -> tuple[nn.Module | None, str]:
-    """The perceptual loss for ``kind`` (auto/vgg16/clip/none) and the name of what was chosen."""
+def _vgg16(path: Path) -> VGGPerceptual:
+    try:
+        return VGGPerceptual(path)
+    except ImportError:
+        raise TrainingError("loss.perceptual = 'vgg16' needs torchvision (pip install "
+                            "torchvision), or use loss.perceptual = 'clip' or 'none'") from None
+    except Exception as e:  # a damaged or foreign file
+        raise TrainingError(f"cannot read the VGG16 weights {path} ({type(e).__name__}); replace "
+                            "them with torchvision's vgg16-397923af.pth, or use loss.perceptual = "
+                            "'clip' or 'none'") from None
+
+
+def build_perceptual(kind: str, get_clip: Callable[[], object], warn) -> tuple[nn.Module | None, str]:
+    """The perceptual loss for ``kind`` and the name of the features used ('vgg16', 'clip' or
+    'none'). ``get_clip()`` gives the CLIP for 'clip'. Never silent: CLIP features instead of
+    the paper's VGG16 are announced through ``warn`` (one line); 'vgg16' without its weights
+    stops with one line. 'auto' (older configs): vgg16 if its weights are there, else clip."""
     if kind == "none":
         return None, "none"
-    if kind in ("auto", "vgg16"):
-        path = vgg16_cached_weights()
-        if path is not None:
-            return VGGPerceptual(path), "vgg16"
-        if kind == "vgg16":
-            raise TrainingError(f"loss.perceptual = 'vgg16' needs torchvision's VGG16 weights at "
-                                f"{Path(torch.hub.get_dir()) / 'checkpoints' / VGG16_FILE} (nothing is "
-                                "downloaded during training); copy them there or use 'clip' or 'auto'")
-    if clip is not None:
-        if kind == "auto":
-            warn("VGG16 weights are not in the torch hub cache: using CLIP visual features for the "
-                 "perceptual loss")
-        return ClipPerceptual(clip), "clip"
-    if kind == "clip":
-        raise TrainingError("loss.perceptual = 'clip' needs a CLIP (`clip='ARCH'`, or a gan run)")
-    warn("no VGG16 weights in the torch hub cache and no CLIP: training without a perceptual loss")
-    return None, "none"
+    path = vgg16_cached_weights()
+    if kind == "vgg16" or (kind == "auto" and path is not None):
+        if path is None:
+            raise TrainingError(f"loss.perceptual = 'vgg16' needs torchvision's VGG16 ImageNet "
+                                f"weights at {vgg16_weights_path()} (nothing is downloaded during "
+                                "training); put vgg16-397923af.pth there, or use loss.perceptual = "
+                                "'clip' or 'none'")
+        return _vgg16(path), "vgg16"
+    clip = get_clip()
+    loss = ClipPerceptual(clip)
+    why = "" if kind == "clip" else f" (no VGG16 weights at {vgg16_weights_path()})"
+    warn(f"perceptual loss: L1 between the visual tokens of CLIP {clip.spec} after blocks "
+         f"{', '.join(map(str, loss.layers))}, not the paper's VGG16 features{why}")
+    return loss, "clip"

@@ -13,6 +13,10 @@ fsync, rename). ``metrics.jsonl`` grows by appends: each record is one ``write``
 line followed by fsync (:class:`MetricsLog`). Rewriting the whole file per record would cost
 O(records²) on long runs; a line torn by a crash is skipped when the file is read back on resume,
 and that resume-time truncation is itself an atomic rewrite.
+
+Every write goes through :func:`writing`, which turns an ``OSError`` (a full disk, an I/O error)
+into :class:`WriteFailed`; the trainer completes its message with the step, the space a checkpoint
+needs and what is kept. A damaged ``checkpoint.pt`` is reported by :func:`load_state` in one line.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import errno
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from clipsr_cli.errors import TrainingError, log
-from clipsr_cli.io.atomic import atomic_write_bytes
-from clipsr_cli.model.checkpoint import save_checkpoint
+from clipsr_cli.errors import ModelError, TrainingError
+from clipsr_cli.io.atomic import atomic_write_bytes, remove_stale_temporaries
+from clipsr_cli.model.checkpoint import read_checkpoint, save_checkpoint
 from clipsr_cli.train.schema import TrainConfig
 from clipsr_cli.train.settings import from_toml_text, to_toml
 
@@ -53,48 +58,97 @@ def saved_config(path: Path) -> TrainConfig:
     return from_toml_text(p.read_text(), source=str(p))
 
 
+#: what a training checkpoint must hold
+STATE_KEYS = ("version", "step", "config", "model", "ema", "ema_updates", "opt", "sampler", "rng")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class WriteFailed(TrainingError):
+    """Writing ``file`` of the run directory failed (``errno``: ENOSPC, EIO, ...)."""
+
+    def __init__(self, file: Path, err: OSError):
+        self.file, self.errno = Path(file), err.errno
+        self.strerror = err.strerror or str(err) or type(err).__name__
+        what = "disk full" if self.disk_full else "write error"
+        super().__init__(f"{what}: cannot write {self.file} ({self.strerror}); "
+                         + ("free some space" if self.disk_full else "check the disk"))
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in DISK_FULL
+
+
+@contextmanager
+def writing(file: Path):
+    """The one guard of run-directory writes: ``OSError`` → :class:`WriteFailed`."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(file, e) from None
+
+
 def load_state(path: Path) -> dict:
-    """The resume state in ``path/checkpoint.pt`` (never unpickles objects)."""
+    """The resume state in ``path/checkpoint.pt`` (never unpickles objects); a missing, empty,
+    truncated or foreign file is a one-line ``TrainingError`` saying what to do."""
     p = path / CHECKPOINT
     if not p.is_file():
         raise TrainingError(f"nothing to resume: {p} does not exist; start without `resume=True`")
+    if p.stat().st_size == 0:
+        raise TrainingError(f"cannot resume: {p} is empty (0 bytes); {restart_advice(path)}")
     try:
         st = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # damaged file: unpickling errors of several kinds
-        raise TrainingError(f"cannot read {p} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                            "the checkpoint is damaged; start a new run (`init="
-                            f"'{path / EXPORT}'` keeps the exported weights)") from None
-    if not isinstance(st, dict) or st.get("version") != STATE_VERSION:
-        raise TrainingError(f"{p} is not a clipsr training checkpoint of version {STATE_VERSION}")
+    except Exception:  # unpickling/zip errors of several kinds; their text is no help here
+        raise TrainingError(f"cannot resume: {p} is damaged (truncated or not a torch checkpoint); "
+                            f"{restart_advice(path)}") from None
+    if not isinstance(st, dict) or st.get("version") != STATE_VERSION or any(
+            k not in st for k in STATE_KEYS):
+        raise TrainingError(f"cannot resume: {p} is not a clipsr training checkpoint of version "
+                            f"{STATE_VERSION}; {restart_advice(path)}")
     return st
+
+
+def restart_advice(path: Path) -> str:
+    """What to do when ``path/checkpoint.pt`` cannot be resumed: start from the export, if any."""
+    export = path / EXPORT
+    try:
+        _, _, meta = read_checkpoint(export)
+        step = json.loads(meta.get("training", "{}")).get("step")
+    except (ModelError, OSError, ValueError, AttributeError):
+        return (f"remove it (and {EXPORT}) to start {path} again, or start a new run in another "
+                "`out`")
+    at = f" (step {step})" if isinstance(step, int) else ""
+    return (f"start a new run in another `out` from the last export{at} with `init='{export}'`, "
+            f"or remove {path / CHECKPOINT} to start {path} again")
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / CONFIG, to_toml(cfg).encode())
     except OSError as e:
-        raise TrainingError(f"cannot write to run directory {path}: {e.strerror}") from None
+        raise TrainingError(f"cannot create the run directory {path}: {e.strerror}") from None
+    # what a killed run's interrupted writes left (a checkpoint-sized file, on a full disk)
+    remove_stale_temporaries([path / n for n in (CONFIG, CHECKPOINT, EXPORT, METRICS, SUMMARY)])
+    with writing(path / CONFIG):
+        atomic_write_bytes(path / CONFIG, to_toml(cfg).encode())
 
 
-def write_state(path: Path, state: dict, *, ema_model, mcfg, training: dict) -> bool:
-    """Write checkpoint.pt and the EMA export; on a full disk keep the previous files (False)."""
+def write_checkpoint(path: Path, state: dict) -> None:
+    """``checkpoint.pt`` (atomic: on failure the previous one stays)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    try:
+    with writing(path / CHECKPOINT):
         atomic_write_bytes(path / CHECKPOINT, buf.getvalue())
+
+
+def write_export(path: Path, ema_model, mcfg, *, training: dict) -> None:
+    """``model.safetensors``: the EMA generator as a clipsr checkpoint (atomic)."""
+    with writing(path / EXPORT):
         save_checkpoint(path / EXPORT, ema_model, mcfg, training=training)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.warning(f"disk full while writing the checkpoint at step {state['step']}: kept the "
-                        f"previous checkpoint in {path}; free some space")
-            return False
-        raise TrainingError(f"cannot write the checkpoint in {path}: {e.strerror}") from None
-    return True
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    atomic_write_bytes(path / SUMMARY, json.dumps(summary, indent=2).encode())
+    with writing(path / SUMMARY):
+        atomic_write_bytes(path / SUMMARY, json.dumps(summary, indent=2).encode())
 
 
 class MetricsLog:
@@ -103,6 +157,12 @@ class MetricsLog:
 
     def __init__(self, path: Path, step: int):
         self.path = path
+        self._fd = None
+        with writing(path):
+            self._open(step)
+
+    def _open(self, step: int) -> None:
+        path = self.path
         if path.exists():
             keep = []
             for line in path.read_text().splitlines():
@@ -115,15 +175,21 @@ class MetricsLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, record: dict) -> None:
-        data = memoryview((json.dumps(record) + "\n").encode())
-        while data:
-            data = data[os.write(self._fd, data):]
-        os.fsync(self._fd)
+        with writing(self.path):
+            write_all(self._fd, (json.dumps(record) + "\n").encode())
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``data`` appended to ``fd`` (in as many ``write`` calls as it takes), then fsync."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 # -- resume state helpers -----------------------------------------------------------------------------

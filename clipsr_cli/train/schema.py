@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
-from clipsr_cli.errors import InputError
+from clipsr_cli.errors import InputError, UsageError
 from clipsr_cli.model.config import ModelConfig
 
 PRESETS = ("psnr", "gan")
@@ -21,7 +21,19 @@ DEFAULT_CLIP = "ViT-B-32:openai"
 
 
 class ConfigError(InputError):
-    """A training configuration (file or flags) is invalid."""
+    """A training configuration (file or flags) is invalid; ``key``: the (section, key) at fault."""
+
+    def __init__(self, message: str, *, key: tuple[str, str] | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class ConfigUsageError(ConfigError, UsageError):
+    """A setting given on the command line (a flag, a ``sets`` item) can never work (exit 2)."""
+
+    def __init__(self, message: str, *, key: tuple[str, str] | None = None, param: str | None = None):
+        super().__init__(message, key=key)
+        self.param = param or (key[1] if key else None)
 
 
 #: ``ModelConfig`` fields that are not ``[model]`` keys, and where each comes from.
@@ -149,9 +161,11 @@ class LossSection:
     """Reconstruction loss."""
     pixel_weight: float = 1.0
     """Weight of the reconstruction loss."""
-    perceptual: Literal["auto", "vgg16", "clip", "none"] = "none"
-    """Perceptual network: vgg16 (torchvision weights already in the torch hub cache), clip (the
-    training CLIP's visual tokens), auto (vgg16 if cached, else clip, else none)."""
+    perceptual: Literal["vgg16", "clip", "none", "auto"] = "none"
+    """Perceptual features: vgg16 (the paper's; torchvision's ImageNet weights must already be in
+    the torch hub cache, else the run stops at start-up), clip (visual tokens of the training
+    CLIP, or of ``d_clip`` for an image-only generator; a start-up warning says so) or none.
+    auto (older configs): vgg16 if cached, else clip, with the warning."""
     perceptual_weight: float = 1.0
     """Weight of the perceptual loss."""
     adversarial: bool = False
@@ -164,12 +178,14 @@ class LossSection:
     """MA-GP weight: gp_weight * mean(||grad D(real, t)||^gp_power)."""
     gp_power: float = 6.0
     """MA-GP exponent."""
-    d_layers: tuple[int, ...] = (1, 4, 8)
-    """CLIP ViT blocks whose patch tokens the discriminator reads (clamped to CLIP's depth)."""
+    d_layers: tuple[int, ...] = (2, 5, 9)
+    """CLIP ViT blocks, counted from 1, after which the discriminator reads the patch tokens
+    (the authors' ``[1, 4, 8]`` counted from 0; mapped proportionally onto shallower CLIPs)."""
     d_width: int = 512
     """Channels of the discriminator's feature blocks."""
     d_clip: str = DEFAULT_CLIP
-    """CLIP of the discriminator when the generator is image-only (else the generator's)."""
+    """CLIP of the discriminator and of the clip perceptual loss when the generator is
+    image-only (else the generator's)."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +246,7 @@ PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "gan": {
         "optim": {"lr": 1e-4, "betas": (0.0, 0.9), "warmup_steps": 0, "min_lr_ratio": 1.0,
                   "weight_decay": 0.0},
-        "loss": {"perceptual": "auto", "adversarial": True},
+        "loss": {"perceptual": "clip", "adversarial": True},
         "data": {"caption_dropout": 0.1},
     },
 }
@@ -252,5 +268,5 @@ def incompatibilities(saved: TrainConfig, new: TrainConfig) -> list[str]:
 
 
 __all__ = ["incompatibilities", "TrainConfig", "ModelSection", "DataSection", "OptimSection", "LossSection",
-           "RunSection", "ConfigError", "SECTIONS", "PRESETS", "PRESET_OVERRIDES", "DEFAULT_CLIP",
+           "RunSection", "ConfigError", "ConfigUsageError", "SECTIONS", "PRESETS", "PRESET_OVERRIDES", "DEFAULT_CLIP",
            "MODEL_KEYS_ELSEWHERE", "model_section", "model_config"]

@@ -64,8 +64,14 @@ def _apply(section, values: dict[str, Any], *, source: str, name: str):
     hints = get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}]; known: {sorted(hints)}")
-    changes = {k: _coerce(v, hints[k], f"{source}: [{name}] {k}") for k, v in values.items()}
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}]; known: {sorted(hints)}",
+                          key=(name, unknown[0]))
+    changes = {}
+    for k, v in values.items():
+        try:
+            changes[k] = _coerce(v, hints[k], f"{source}: [{name}] {k}")
+        except ConfigError as e:
+            raise ConfigError(str(e), key=(name, k)) from None
     return dataclasses.replace(section, **changes)
 
 
@@ -74,9 +80,10 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, dict[str, Any]], *, s
     changes = {}
     for name, values in overrides.items():
         if name not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}]; known: {sorted(SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section [{name}]; known: {sorted(SECTIONS)}",
+                              key=(name, ""))
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table")
+            raise ConfigError(f"{source}: [{name}] must be a table", key=(name, ""))
         changes[name] = _apply(changes.get(name, getattr(cfg, name)), values, source=source, name=name)
     return dataclasses.replace(cfg, **changes)
 

@@ -131,15 +131,21 @@ class Losses:
 
 def build_losses(cfg: TrainConfig, clip, mcfg: ModelConfig, device: torch.device,
                  dist: ddp.DistInfo, *, warn: Say) -> Losses:
+    frozen = {"clip": clip}
+
+    def aux_clip():  # the generator's CLIP, else loss.d_clip (loaded once, when needed)
+        if frozen["clip"] is None:
+            frozen["clip"] = load_frozen_clip(cfg.loss.d_clip, device, warn)
+        return frozen["clip"]
+
     perc, perc_name = (None, "none")
     if cfg.loss.perceptual_weight > 0:
-        perc, perc_name = build_perceptual(cfg.loss.perceptual, clip, warn)
+        perc, perc_name = build_perceptual(cfg.loss.perceptual, aux_clip, warn)
         if perc is not None:
             perc.to(device)
     D = d_opt = None
     if cfg.loss.adversarial:
-        d_clip = clip if clip is not None else load_frozen_clip(cfg.loss.d_clip, device, warn)
-        D = ClipDiscriminator(d_clip, layers=cfg.loss.d_layers, width=cfg.loss.d_width,
+        D = ClipDiscriminator(aux_clip(), layers=cfg.loss.d_layers, width=cfg.loss.d_width,
                               text_dim=mcfg.text_dim).to(device)
         if dist.enabled:  # identical start on every rank
             for p in D.parameters():

@@ -103,22 +103,25 @@ def lr_factor(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
 def train_step(cfg: TrainConfig, batch, gen, model, text, pix, perc, D, d_opt, opt, scaler, dist) -> dict[str, torch.Tensor]:
     """One optimisation step of G (and D). Returns the losses as 0-d tensors."""
     L = cfg.loss
-    emb = none = None
-    null_mask = None
+    emb = None
+    null_mask = None  # (B,) rows trained without a caption: dropped, or the image has none
     if text is not None:
         emb, none = text(batch.captions)
         null_mask = batch.drop | none
     sr, cond = gen(batch.lr, emb, null_mask)
     sr = sr.float()
     out: dict[str, torch.Tensor] = {}
-    t_d = None
+    t_d = keep = None
     if D is not None and text is not None:
+        # the rows G saw without text are judged unconditionally too: D gets the null text for
+        # their real and fake images alike, and the CLIP similarity term skips them
         null = model.null_text.detach()[None].expand_as(emb)
-        t_d = F.normalize(torch.where(none[:, None], null, emb), dim=-1)
+        t_d = F.normalize(torch.where(null_mask[:, None], null, emb), dim=-1)
+        keep = ~null_mask
     if D is not None:
         d_opt.zero_grad(set_to_none=True)
         ld, dstats = d_loss(D, batch.hr, sr.detach().clamp(0, 1), t_d, gp_weight=L.gp_weight,
-                            gp_power=L.gp_power)
+                            gp_power=L.gp_power, keep=keep)
         ld.backward()
         if dist.enabled:
             _allreduce_grads(D.parameters(), dist.world)
@@ -133,7 +136,7 @@ def train_step(cfg: TrainConfig, batch, gen, model, text, pix, perc, D, d_opt, o
         loss = loss + cfg.loss.perceptual_weight * lp
     if D is not None:
         D.requires_grad_(False)
-        la, gstats = g_adv_loss(D, sr, t_d, clip_weight=L.clip_weight)
+        la, gstats = g_adv_loss(D, sr, t_d, clip_weight=L.clip_weight, keep=keep)
         D.requires_grad_(True)
         out["g_adv_total"] = la.detach()
         out.update(gstats)

@@ -111,7 +111,12 @@ class Trainer:
         self.saved_step: int | None = None
         self.last_val: dict | None = None
         if state is not None:
-            self._load(state)
+            try:
+                self._load(state)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError):
+                raise TrainingError(f"cannot resume: {self.run_dir / CHECKPOINT} is damaged (its "
+                                    f"contents do not fit the run's model); "
+                                    f"{rundir.restart_advice(self.run_dir)}") from None
         self.metrics = MetricsLog(self.run_dir / rundir.METRICS, self.step) if self.main else None
         n_params = sum(p.numel() for p in self.g.model.parameters())
         L = cfg.loss
@@ -165,9 +170,10 @@ class Trainer:
         self.say(f"resumed {self.run_dir} at step {self.step}")
 
     # -- saving ----------------------------------------------------------------------------------------
-    def save(self, step: int, elapsed: float, *, gather: bool = True) -> bool:
-        """Write checkpoint.pt and the EMA export at ``step`` (rank 0; ``gather``: with every
-        rank's sampler and RNG state). A full disk keeps the previous files (False)."""
+    def save(self, step: int, elapsed: float, *, gather: bool = True) -> None:
+        """Write checkpoint.pt, then the EMA export, at ``step`` (rank 0; ``gather``: with every
+        rank's sampler and RNG state). A failed write raises ``rundir.WriteFailed`` and keeps the
+        previous file (atomic writes)."""
         g, losses, dist, bad = self.g, self.losses, self.dist, self.data.bad
         samp = [to_cpu(self.data.sampler.state_dict())]
         rng = [rundir.rng_state(self.device)]
@@ -175,7 +181,7 @@ class Trainer:
             samp = ddp.all_gather_object(samp[0], dist)
             rng = ddp.all_gather_object(to_cpu(rng[0]), dist)
         if not self.main:
-            return True
+            return
         st = {"version": STATE_VERSION, "step": step, "elapsed": elapsed, "config": to_toml(self.cfg),
               "model": to_cpu(g.model.state_dict()), "ema": to_cpu(g.ema_model.state_dict()),
               "ema_updates": g.ema.updates, "opt": to_cpu(g.opt.state_dict()),
@@ -186,11 +192,37 @@ class Trainer:
             st["d_opt"] = to_cpu(losses.d_opt.state_dict())
         if g.scaler.is_enabled():
             st["scaler"] = g.scaler.state_dict()
-        ok = rundir.write_state(self.run_dir, st, ema_model=g.ema_model, mcfg=self.mcfg,
-                                training=self._training_meta(step, self.last_val))
-        if ok:
-            self.saved_step = step
-        return ok
+        rundir.write_checkpoint(self.run_dir, st)
+        self.saved_step = step
+        rundir.write_export(self.run_dir, g.ema_model, self.mcfg,
+                            training=self._training_meta(step, self.last_val))
+
+    def _save_bytes(self) -> tuple[int, int]:
+        """About how many bytes checkpoint.pt and model.safetensors take."""
+        g, losses = self.g, self.losses
+        parts = [g.model.state_dict(), g.ema_model.state_dict(), g.opt.state_dict()]
+        if losses.D is not None:
+            parts += [losses.D.state_dict(), losses.d_opt.state_dict()]
+        return _nbytes(parts), _nbytes(g.ema_model.state_dict())
+
+    def _write_failure(self, e: rundir.WriteFailed) -> str:
+        """One line: which file failed at which step, the space a checkpoint needs, what is kept."""
+        d, saved = self.run_dir, self.saved_step
+        ckpt, export = self._save_bytes()
+        head = (f"disk full: cannot write {e.file.name} at step {self.step}" if e.disk_full else
+                f"cannot write {e.file.name} at step {self.step} ({e.strerror})")
+        need = (f"; a checkpoint needs about {_size(ckpt + export)} free in {d} ({CHECKPOINT} "
+                f"{_size(ckpt)} + {EXPORT} {_size(export)})" if e.disk_full else
+                f"; check the disk holding {d}")
+        fix = "free some space" if e.disk_full else "fix the disk"
+        if saved is not None and saved >= self.cfg.run.steps:
+            kept = f"; the final checkpoint and export (step {saved}) were written"
+        elif saved is not None:
+            kept = (f"; {d} keeps the checkpoint of step {saved}: {fix} and continue with "
+                    "`resume=True`")
+        else:
+            kept = f"; no checkpoint was written yet: {fix} and start the run again"
+        return head + need + kept
 
     def _training_meta(self, step: int, val: dict | None) -> dict:
         cfg = self.cfg
@@ -213,6 +245,8 @@ class Trainer:
         old_term = _catch_sigterm(stop)
         try:
             return self._run(stop)
+        except rundir.WriteFailed as e:
+            raise TrainingError(self._write_failure(e)) from None
         finally:
             _restore_sigterm(old_term)
             if self.metrics is not None:
@@ -222,7 +256,7 @@ class Trainer:
         cfg, dist, device, g, losses = self.cfg, self.dist, self.device, self.g, self.losses
         run, main, val = cfg.run, self.main, self.data.val
         log_acc: dict[str, float] = {}
-        log_n = 0
+        log_n: dict[str, int] = {}  # per loss: a term may be skipped on some steps (g_cos)
         stopped = "done"
         loop_t0 = time.monotonic()
         start = self.step
@@ -260,13 +294,13 @@ class Trainer:
                 step = self.step
                 for k, v in step_losses.items():
                     log_acc[k] = log_acc.get(k, 0.0) + v
-                log_n += 1
+                    log_n[k] = log_n.get(k, 0) + 1
                 if step % check_every == 0 or step == run.steps:
                     check_finite(step_losses, step, self.run_dir, last_good)
                     last_good = step
                 loss = None
                 if step % run.log_every == 0 or step == run.steps:
-                    rec = {k: float(v) / log_n for k, v in log_acc.items()}
+                    rec = {k: float(v) / log_n[k] for k, v in log_acc.items()}
                     check_finite(rec, step, self.run_dir, last_good)
                     dt = time.monotonic() - loop_t0
                     rec.update(step=step, lr=cfg.optim.lr * f, time=round(now, 3),
@@ -274,7 +308,7 @@ class Trainer:
                     if self.metrics is not None:
                         self.metrics.append(rec)
                     loss = rec.get("loss", 0.0)
-                    log_acc, log_n = {}, 0
+                    log_acc, log_n = {}, {}
                 if self.progress is not None:
                     self.progress(TrainProgress(step, run.steps, start, loss))
                 if main and val and step % run.val_every == 0:
@@ -295,11 +329,7 @@ class Trainer:
         main, dist, step, d = self.main, self.dist, self.step, self.run_dir
         if main and self.data.val and (self.last_val is None or self.last_val.get("step") != step):
             self.last_val = self._validate()
-        if not self.save(step, elapsed) and main:
-            kept = (f"keeps the checkpoint of step {self.saved_step}" if self.saved_step is not None
-                    else "has no checkpoint")
-            raise TrainingError(f"disk full: the final checkpoint could not be written; {d} {kept}; "
-                                "free some space and continue with `resume=True`")
+        self.save(step, elapsed)
         # every rank must end with the same weights: compare hashes (cheap, and catches DDP bugs)
         hashes = ddp.all_gather_object(weights_hash(self.g.model, self.losses.D), dist)
         sps = (step - start) / max(dt, 1e-9)
@@ -336,3 +366,17 @@ def _restore_sigterm(old) -> None:
             signal.signal(signal.SIGTERM, old)
         except ValueError:
             pass
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{max(n, 1e5) / 1e6:.1f} MB"
