@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 
 from clipsr_cli.tasks import batch as B
 from clipsr_cli.cli.app import app
-from clipsr_cli.errors import InputError
+from clipsr_cli.data.captions import CaptionTable
+from clipsr_cli.errors import DataError, InputError, UsageError
+from clipsr_cli.io import atomic
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +210,7 @@ def test_shard_is_independent_of_listing_order_and_other_files():
     assert min(counts) > 40  # roughly balanced
     assert B.parse_shard(" 2 / 5 ") == (2, 5)
     for bad in ("0/2", "3/2", "1", "a/b", "1/0"):
-        with pytest.raises(InputError):
+        with pytest.raises(UsageError):
             B.parse_shard(bad)
 
 
@@ -218,7 +220,7 @@ def test_captions_from_sidecars_and_csv_change_the_output(tmp_path, tiny_ckpt, m
     _png(src / "y.png", 24, 24, seed=7)  # the same pixels: only the caption differs
     _png(src / "z.png", 24, 24, seed=7)  # no caption
     (src / "x.txt").write_text("a red bird\n")
-    (src / "y.txt").write_text("a blue  car\non a road")
+    (src / "y.txt").write_text("a blue  car\non a road")  # one caption per line: the first
     ckpt = str(tiny_ckpt(text=True))
 
     def run(out: Path, *extra: str) -> dict[str, np.ndarray]:
@@ -228,7 +230,7 @@ def test_captions_from_sidecars_and_csv_change_the_output(tmp_path, tiny_ckpt, m
         assert r.exit_code == 0, r.stderr
         files = json.loads(rep.read_text())["files"]
         caps = {Path(f["input"]).name: f.get("caption") for f in files}
-        assert caps == {"x.png": "a red bird", "y.png": "a blue car on a road", "z.png": None}
+        assert caps == {"x.png": "a red bird", "y.png": "a blue car", "z.png": None}
         return {n: np.asarray(Image.open(out / f"{n}_x4.png")).astype(int) for n in "xyz"}
 
     side = run(tmp_path / "side", "--caption-sidecar")
@@ -236,7 +238,7 @@ def test_captions_from_sidecars_and_csv_change_the_output(tmp_path, tiny_ckpt, m
     assert np.abs(side["x"] - side["z"]).max() > 0
 
     csv = tmp_path / "caps.csv"
-    csv.write_text('file,caption\nx.png,a red bird\n"in/y.png","a blue car on a road"\n')
+    csv.write_text('file,caption\nx.png,a red bird\n"in/y.png","a blue  car"\n')
     monkeypatch.chdir(tmp_path)  # "in/y.png" is relative to the CSV's folder (here also the cwd)
     from_csv = run(tmp_path / "csv", "--captions", str(csv))
     for n in "xyz":  # the same captions give the same outputs, whichever the source
@@ -287,7 +289,8 @@ def test_outputs_of_an_earlier_run_in_the_same_folder_are_not_inputs(tmp_path, t
     assert _visible(d) == {"a.png", "a_x4.png"}
 
 
-def test_caption_map_formats_and_errors(tmp_path):
+def test_caption_table_formats_and_errors(tmp_path):
+    """batch reads captions with the one shared reader (clipsr_cli.data.captions)."""
     img = tmp_path / "imgs" / "sub" / "p.png"
     src = B.Source(img, PurePosixPath("sub/p.png"))
     other = B.Source(tmp_path / "q.png", PurePosixPath("q.png"))
@@ -295,25 +298,28 @@ def test_caption_map_formats_and_errors(tmp_path):
     jl = tmp_path / "metadata.jsonl"  # the Hugging Face imagefolder convention
     jl.write_text('{"file_name": "sub/p.png", "text": "a  cat"}\n\n'
                   '{"path": "q.png", "caption": "a dog"}\n')
-    m = B.CaptionMap.load(jl)
+    m = B.caption_source(captions=jl)
     assert m(src) == "a cat" and m(other) == "a dog"
     assert m(B.Source(tmp_path / "x.png", PurePosixPath("x.png"))) is None
 
     tsv = tmp_path / "c.tsv"
     tsv.write_text(f"{img}\ta fish\n")  # no header, absolute path
-    assert B.CaptionMap.load(tsv)(src) == "a fish"
+    assert B.caption_source(captions=tsv)(src) == "a fish"
     js = tmp_path / "c.json"
     js.write_text(json.dumps({"p.png": "by name"}))
-    assert B.CaptionMap.load(js)(src) == "by name"
+    assert B.caption_source(captions=js)(src) == "by name"
 
-    for name, body in [("bad.csv", "only-a-path\n"), ("dup.csv", "a.png,x\na.png,y\n"),
-                       ("bad.jsonl", '{"path": "a.png"}\n'), ("c.yaml", "a: b\n"),
-                       ("broken.jsonl", "{oops\n")]:
+    # an image listed twice gets both captions (merged, in file order); batch uses the first
+    (tmp_path / "dup.csv").write_text("a.png,x\na.png,y\n")
+    dup = CaptionTable.load(tmp_path / "dup.csv")
+    assert dup.lookup(tmp_path / "a.png") == ("x", "y") and dup.first(tmp_path / "a.png") == "x"
+    for name, body in [("bad.csv", "only-a-path\n"), ("bad.jsonl", '{"path": "a.png"}\n'),
+                       ("c.yaml", "a: b\n"), ("broken.jsonl", "{oops\n")]:
         (tmp_path / name).write_text(body)
-        with pytest.raises(InputError, match=name):
-            B.CaptionMap.load(tmp_path / name)
-    with pytest.raises(InputError):
-        B.caption_source(text="t", sidecar=True)
+        with pytest.raises(DataError, match=name):
+            B.caption_source(captions=tmp_path / name)
+    with pytest.raises(UsageError):
+        B.caption_source(text="t", caption_sidecar=True)
 
 
 def test_sidecar_caption(tmp_path):
@@ -321,23 +327,36 @@ def test_sidecar_caption(tmp_path):
     assert B.sidecar_caption(img) is None
     (tmp_path / "p.jpg.txt").write_text("second choice")
     assert B.sidecar_caption(img) == "second choice"
-    (tmp_path / "p.txt").write_text("\ufeff first\nchoice ")
-    assert B.sidecar_caption(img) == "first choice"
-    (tmp_path / "p.txt").write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(InputError, match="UTF-8"):
-        B.sidecar_caption(img)
+    (tmp_path / "p.txt").write_text("\ufeff first  one\nchoice ")  # one caption per line
+    assert B.sidecar_caption(img) == "first one"
+    (tmp_path / "p.txt").write_bytes(b"\xff\xfe\x00bad")  # not UTF-8: replaced, never fatal
+    assert "\ufffd" in B.sidecar_caption(img)
 
 
-def test_remove_stale_parts_touches_only_our_temporaries(tmp_path):
+def test_remove_stale_temporaries_touches_only_stale_ones_of_our_outputs(tmp_path):
     mine, theirs = tmp_path / "a_x4.png", tmp_path / "b_x4.png"
     stale = [tmp_path / ".a_x4.png.x1y2z3.part", tmp_path / ".a_x4.png.q.part"]
     keep = [tmp_path / ".b_x4.png.x1y2z3.part", tmp_path / "a_x4.png.part",
             tmp_path / ".a_x4.png.bak"]
     for p in stale + keep:
         p.write_bytes(b"x")
-    assert sorted(B.remove_stale_parts([mine])) == sorted(stale)
-    assert all(p.exists() for p in keep) and not theirs.exists()
-    assert B.remove_stale_parts([tmp_path / "nofolder" / "x.png"]) == []
+    # another live process of this host writes a_x4.png right now (a second batch run): kept
+    host = atomic._HOST
+    live = tmp_path / f".a_x4.png.{host}~{os.getppid()}~abc123.part"
+    dead_pid = _dead_pid()
+    dead = tmp_path / f".a_x4.png.{host}~{dead_pid}~abc123.part"
+    for p in (live, dead):
+        p.write_bytes(b"x")
+    assert atomic.temporary_writer(live.name) == (host, os.getppid())
+    assert sorted(atomic.remove_stale_temporaries([mine])) == sorted(stale + [dead])
+    assert all(p.exists() for p in keep + [live]) and not theirs.exists()
+    assert atomic.remove_stale_temporaries([tmp_path / "nofolder" / "x.png"]) == []
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
 
 
 def test_fail_fast_stops_at_the_first_failure(tmp_path, tiny_ckpt):

@@ -213,8 +213,16 @@ def test_existing_output_and_input_are_never_overwritten(tmp_path, tiny_ckpt):
     r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "-o", str(src)])
     _bad(r, "input", tmp_path, ["in.png", "in_x4.png"])
     assert src.read_bytes() == data
+    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "-o", str(src),
+                            "--overwrite"])  # replacing the input needs its own flag
+    _bad(r, "--overwrite-input", tmp_path, ["in.png", "in_x4.png"])
+    assert src.read_bytes() == data
     r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "--overwrite"])
     assert r.exit_code == 0 and Image.open(out).size == (80, 56)
+    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "-o", str(src),
+                            "--overwrite-input"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(src).size == (80, 56) and _files(tmp_path) == ["in.png", "in_x4.png"]
 
 
 def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from clipsr_cli.tasks import edit as E
 from clipsr_cli.cli.app import app
 from clipsr_cli.data.degrade import imresize
-from clipsr_cli.errors import InputError, ModelError
+from clipsr_cli.errors import InputError, ModelError, OutputExistsError, UsageError
 from tests.synthetic import KINDS, make_stripes_dataset, one_thread
 
 runner = CliRunner()
@@ -163,7 +163,7 @@ def test_sweep_strengths():
     assert E.sweep_strengths(2) == [0.0, 1.0]
     assert E.sweep_strengths(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
     for bad in (0, 1, -3):
-        with pytest.raises(InputError, match="at least 2"):
+        with pytest.raises(UsageError, match="at least 2"):
             E.sweep_strengths(bad)
 
 
@@ -177,7 +177,7 @@ def test_interpolate_embedding():
     torch.testing.assert_close(E.interpolate_embedding(src, tgt, 2.0), 2 * t - s)  # extrapolates
     with pytest.raises(InputError, match="cancel"):
         E.interpolate_embedding(s, -s, 0.5)
-    with pytest.raises(InputError, match="finite"):
+    with pytest.raises(UsageError, match="finite"):
         E.interpolate_embedding(s, t, float("nan"))
 
 
@@ -191,7 +191,7 @@ def test_prepare_lr_keeps_the_photo_size_and_uses_the_training_degradation():
     assert not q.padded and torch.equal(q.lr, degrade(x[..., :32, :48], 8))
     a = E.prepare_lr(x, 4, as_lr=True)
     assert a.lr is x and a.out_size == (148, 200)
-    with pytest.raises(InputError, match="--as-lr"):
+    with pytest.raises(InputError, match="`as_lr=True`"):
         E.prepare_lr(x[..., :5, :], 8, as_lr=False)
 
 
@@ -218,14 +218,16 @@ def test_output_names(tmp_path):
     plan = E.plan_outputs(str(photo), str(d / "r.png"), 2, grid=True)
     assert plan.outputs == (d / "r_0.png", d / "r_1.png") and plan.grid == d / "r_grid.png"
     assert E.plan_outputs(str(photo), "-", 1, format="png").outputs == (None,)
-    with pytest.raises(InputError, match="one result"):
+    with pytest.raises(UsageError, match="one result"):
         E.plan_outputs(str(photo), "-", 3, format="png")
-    with pytest.raises(InputError, match="needs -o"):
+    with pytest.raises(InputError, match="needs `output=FILE`"):
         E.plan_outputs("-", None, 1)
     with pytest.raises(InputError, match="does not exist"):
         E.plan_outputs(str(photo), str(d / "missing") + "/", 1)
-    with pytest.raises(InputError, match="input"):
+    with pytest.raises(OutputExistsError, match="input") as e:  # --overwrite is not enough
         E.plan_outputs(str(photo), str(photo), 1, overwrite=True)
+    assert "`overwrite_input=True`" in str(e.value)
+    assert E.plan_outputs(str(photo), str(photo), 1, overwrite_input=True).outputs == (photo,)
     (d / "p_edit_grid.png").write_bytes(b"x")
     with pytest.raises(InputError, match="exists"):
         E.plan_outputs(str(photo), None, 1, grid=True)
@@ -262,7 +264,7 @@ def test_an_image_only_model_is_refused_with_what_to_do(tmp_path, tiny_ckpt, mon
                    'text_guided = true\nclip = "ViT-B-32:openai"\n')
     monkeypatch.setenv("CLIPSR_REGISTRY", str(reg))
     r = _invoke(["edit", str(photo), "-t", V, "-m", str(tiny_ckpt(scale=8)), *ENGINE])
-    assert r.exit_code == 1 and "use a text-guided model: -m birds-x8 (×8)" in r.stderr
+    assert r.exit_code == 1 and "use a text-guided model: --model birds-x8 (×8)" in r.stderr
     assert not list(tmp_path.glob("p_edit*"))
 
 

@@ -1,8 +1,8 @@
 """The ``clipsr`` command line: a Typer app whose commands are thin wrappers over the library.
 
-Exit statuses (documented in the README):
-  0 success · 1 error (one line on stderr; ``-v`` adds the traceback) · 2 usage error ·
-  3 ``batch``: some files failed · 130 interrupted (Ctrl-C)
+The one error handler is here: every :class:`~clipsr_cli.errors.ClipsrError` becomes one line on
+stderr, in command-line words, and its ``exit_code`` (:mod:`clipsr_cli.cli.exits`: 1 error,
+2 usage error, 3 ``batch`` partial, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -11,17 +11,33 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from clipsr_cli import __version__
+from clipsr_cli.cli import options as o
 from clipsr_cli.cli.console import cli_words, err_console, state, use_command
+from clipsr_cli.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
+                                  EXIT_PARTIAL, EXIT_USAGE)
 from clipsr_cli.errors import ClipsrError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+class _Argument(TyperArgument):
+    """An argument shown as its metavar (``INPUT``, ``[INPUT]...``), not ``{input}`` / ``input
+    <str>``."""
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        if not self.required:
+            name = f"[{name}]"
+        return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+    def display_type_rich(self, ctx):
+        return None
 
 
 class _Group(TyperGroup):
-    """Turns every ``ClipsrError`` (from any command) into one line on stderr and exit 1."""
+    """Turns every ``ClipsrError`` (from any command) into one line on stderr and its exit
+    status (``UsageError``: 2)."""
 
     def list_commands(self, ctx) -> list[str]:  # keep declaration order in --help
         return list(self.commands)
@@ -30,6 +46,9 @@ class _Group(TyperGroup):
         name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is not None:
             use_command(cmd)  # messages from the library name this command's flags
+            for p in cmd.params:
+                if type(p) is TyperArgument:
+                    p.__class__ = _Argument
         return name, cmd, rest
 
     def invoke(self, ctx):
@@ -58,7 +77,7 @@ app = typer.Typer(
     help="Text-guided image super-resolution (CLIP-SR): upscale images 4x, 8x or 16x, "
          "optionally guided by a caption.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -75,8 +94,11 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
+    quiet: o.Quiet = False,
+    verbose: o.Verbose = False,
 ) -> None:
     """Text-guided image super-resolution."""
+    state.root_quiet, state.root_verbose = quiet, verbose
 
 
 def _register() -> None:

@@ -1,6 +1,7 @@
 """``clipsr batch``: folders, globs and lists of images, one model load.
 
-Thin: parses options, calls ``clipsr_cli.tasks.batch.run_batch``, prints, picks the exit status.
+Thin: parses options, calls ``clipsr_cli.tasks.batch.run_batch`` with a
+:class:`~clipsr_cli.cli.batch_view.BatchView`, prints the summary, picks the exit status.
 """
 
 from __future__ import annotations
@@ -10,18 +11,6 @@ from typing import Annotated, Optional
 import typer
 
 from clipsr_cli.cli import options as o
-
-
-def _shard(value: Optional[str]) -> Optional[str]:
-    if value is not None:
-        from clipsr_cli.tasks.batch import parse_shard
-        from clipsr_cli.errors import InputError
-
-        try:
-            parse_shard(value)
-        except InputError as e:
-            raise typer.BadParameter(str(e)) from None
-    return value
 
 
 def register(app: typer.Typer) -> None:
@@ -56,11 +45,10 @@ def register(app: typer.Typer) -> None:
             "--keep-going/--fail-fast", help="On a file that cannot be processed: report it and "
             "go on (default), or stop the run.")] = True,
         shard: Annotated[Optional[str], typer.Option(
-            "--shard", metavar="K/N", callback=_shard, help="Process only shard K of N "
+            "--shard", metavar="K/N", help="Process only shard K of N "
             "(1-based; by a hash of each file's relative path), e.g. for job arrays.")] = None,
         format: o.Format = None,
-        suffix: Annotated[Optional[str], typer.Option(
-            "--suffix", help="Replaces _x<s> in output names (may be empty).")] = None,
+        suffix: o.Suffix = None,
         quality: o.Quality = 95,
         report: Annotated[Optional[str], typer.Option(
             "--report", metavar="FILE.json", help="Write the summary and every file's outcome "
@@ -82,40 +70,34 @@ def register(app: typer.Typer) -> None:
         Non-image and hidden files are skipped quietly (and counted). An output that already
         exists is never replaced without --overwrite: without --skip-existing or --overwrite
         that image is reported as failed (exit status 3) and its output left alone. Outputs are
-        written to a hidden temporary file (.NAME.XXXX.part) and renamed, so a partial output
-        never exists; a re-run removes the temporary files a killed run left behind.
+        written to a hidden temporary file (.NAME.HOST~PID~XXXX.part) and renamed, so a partial
+        output never exists; a re-run removes the temporary files a killed run left behind, never
+        those of a run still writing (with --skip-existing, two runs can share one -o).
 
         Written outputs are printed on stdout, one per line; progress and the summary go to
         stderr. Exit status: 0 every image succeeded (or was skipped), 1 error before the run
         (bad input, model), 2 usage error, 3 some images failed, 130 interrupted.
         """
-        from clipsr_cli.tasks.batch import parse_shard, print_summary, run_batch, write_report
-        from clipsr_cli.cli.app import EXIT_INTERRUPTED, EXIT_PARTIAL
-        from clipsr_cli.cli.console import configure
+        from clipsr_cli.cli.batch_view import BatchView, print_summary
+        from clipsr_cli.cli.console import cli_words, configure, err_console, state
+        from clipsr_cli.cli.exits import EXIT_INTERRUPTED, EXIT_PARTIAL
+        from clipsr_cli.tasks.batch import run_batch, write_report
 
         configure(verbose=verbose, quiet=quiet)
-        if skip_existing and overwrite:
-            raise typer.BadParameter("use either --skip-existing or --overwrite, not both",
-                                     param_hint="'--skip-existing' / '--overwrite'")
-        if sum((bool(text), captions is not None, caption_sidecar)) > 1:
-            raise typer.BadParameter("use only one of them",
-                                     param_hint="'--text' / '--captions' / '--caption-sidecar'")
-
-        def emit(r) -> None:
-            if r.status == "done":
-                typer.echo(r.output)  # the result, on stdout
-
-        result = run_batch(
-            inputs=inputs, output_dir=output, recursive=recursive, glob=glob, text=text,
-            captions=captions, caption_sidecar=caption_sidecar,
-            existing="skip" if skip_existing else "overwrite" if overwrite else "fail",
-            fail_fast=not keep_going, shard=parse_shard(shard) if shard else None,
-            format=format, suffix=suffix, quality=quality, io_threads=io_threads, model=model,
-            scale=scale, device=device, precision=precision, tile=tile,
-            tile_overlap=tile_overlap, on_result=emit)
-        print_summary(result)
+        view = BatchView(err_console, quiet=state.quiet, verbose=state.verbose)
+        try:
+            result = run_batch(
+                inputs=inputs, output_dir=output, recursive=recursive, glob=glob, text=text,
+                captions=captions, caption_sidecar=caption_sidecar, skip_existing=skip_existing,
+                overwrite=overwrite, fail_fast=not keep_going, shard=shard, format=format,
+                suffix=suffix, quality=quality, io_threads=io_threads, model=model, scale=scale,
+                device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                on_event=view)
+        finally:
+            view.close()
+        print_summary(result, err_console)
         if report is not None:
-            write_report(report, result)
+            write_report(report, result, words=cli_words)
         if result.interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
         if result.failed:

@@ -8,8 +8,10 @@ Library notes and warnings arrive through the ``clipsr`` logger (:data:`clipsr_c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from rich.console import Console
 
@@ -23,6 +25,8 @@ err_console = Console(stderr=True)
 class _State:
     verbose: bool = False
     quiet: bool = False
+    root_verbose: bool = False  # ``clipsr -v COMMAND``: holds for the command too
+    root_quiet: bool = False
     flags: dict[str, str] = field(default_factory=dict)  # python name → flag of the command
 
 
@@ -61,10 +65,32 @@ def use_command(command) -> None:
 
 
 def configure(*, verbose: bool = False, quiet: bool = False) -> None:
-    """Set -q/-v for this run and route the library's log here."""
-    state.verbose = verbose
-    state.quiet = quiet
+    """Set -q/-v for this run (given to the command or to ``clipsr`` itself) and route the
+    library's log here."""
+    state.verbose = verbose or state.root_verbose
+    state.quiet = quiet or state.root_quiet
+    verbose = state.verbose
     if _handler not in log.handlers:
         log.addHandler(_handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+
+
+@contextlib.contextmanager
+def tile_progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient tile bar on stderr (only on a terminal and without -q); yields the
+    ``progress(done, total)`` callback to give the library (None: no bar)."""
+    if state.quiet or not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True,
+                  redirect_stdout=False, redirect_stderr=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

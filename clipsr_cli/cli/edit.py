@@ -13,9 +13,9 @@ def register(app: typer.Typer) -> None:
     @app.command("edit")
     def edit(
         input: Annotated[str, typer.Argument(
-            help="Photo to edit (or, with --as-lr, the low-resolution image), or - for stdin.",
-            show_default=False)],
-        text: Annotated[str, typer.Option(
+            metavar="INPUT", help="Photo to edit (or, with --as-lr, the low-resolution image), "
+            "or - for stdin.", show_default=False)],
+        target_text: Annotated[str, typer.Option(
             "--text", "-t", help="Target text: what the result should show.",
             show_default=False)],
         source_text: Annotated[Optional[str], typer.Option(
@@ -55,20 +55,27 @@ def register(app: typer.Typer) -> None:
         format: o.Format = None,
         quality: o.Quality = 95,
         overwrite: o.Overwrite = False,
+        overwrite_input: o.OverwriteInput = False,
         quiet: o.Quiet = False,
         verbose: o.Verbose = False,
     ) -> None:
         """Edit an image by text: super-resolve it guided by a new caption, keeping it consistent
         with the low-resolution content (reports that consistency in dB on stderr)."""
-        from clipsr_cli.cli.console import configure
+        from pathlib import Path
+
+        from clipsr_cli.cli.console import configure, tile_progress
         from clipsr_cli.tasks.edit import edit_file
 
         configure(verbose=verbose, quiet=quiet)
-        result = edit_file(input=input, target_text=text, source_text=source_text,
-                           strength=strength, sweep=sweep, grid=grid, gif=gif, scale=scale,
-                           as_lr=as_lr, model=model, device=device, precision=precision,
-                           tile=tile, tile_overlap=tile_overlap, output=output, format=format,
-                           quality=quality, overwrite=overwrite, report=report)
+        name = "<stdin>" if input == "-" else Path(input).name
+        with tile_progress(f"edit {name}") as progress:
+            result = edit_file(input=input, target_text=target_text, source_text=source_text,
+                               strength=strength, sweep=sweep, grid=grid, gif=gif, scale=scale,
+                               as_lr=as_lr, model=model, device=device, precision=precision,
+                               tile=tile, tile_overlap=tile_overlap, output=output,
+                               format=format, quality=quality, overwrite=overwrite,
+                               overwrite_input=overwrite_input, report=report,
+                               progress=progress)
         for path in (*(out.path for out in result.outputs), result.plan.grid, result.plan.gif):
             if path is not None:
                 typer.echo(str(path))  # the results, on stdout

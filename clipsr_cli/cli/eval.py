@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Optional
 
 import typer
 
 from clipsr_cli.cli import options as o
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    """A score for the table: ``-`` where it could not be computed."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
 
 
 def register(app: typer.Typer) -> None:
@@ -35,11 +43,12 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from clipsr_cli.cli.console import configure, info
-        from clipsr_cli.tasks.evaluate import evaluate, fmt, write_report
-        from clipsr_cli.tasks.upscale import load_upscaler, tile_progress
+        from clipsr_cli.cli.console import configure, info, tile_progress
+        from clipsr_cli.tasks.evaluate import evaluate, write_report
+        from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
         configure(verbose=verbose, quiet=quiet)
+        check_options(scale=scale, device=device, precision=precision, tile=tile)
         up = load_upscaler(model=model, scale=scale, device=device, precision=precision,
                            tile=tile, tile_overlap=None)
         with tile_progress(f"eval ×{up.scale}") as progress:

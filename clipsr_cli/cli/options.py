@@ -1,4 +1,4 @@
-"""Option declarations shared by the commands that run the engine (upscale, batch, edit)."""
+"""Option declarations shared by the commands (one declaration each; every command uses them)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+Input = Annotated[str, typer.Argument(
+    metavar="INPUT", help="Image to upscale, or - for stdin.", show_default=False)]
 Scale = Annotated[Optional[int], typer.Option(
     "--scale", "-s", help="Upscaling factor: 4, 8 or 16 (2 for custom models). Default: the "
     "model's scale, or 4.", show_default=False)]
@@ -27,6 +29,10 @@ Format = Annotated[Optional[str], typer.Option(
     "--format", "-f", help="Output format: png, jpeg, webp, tiff or bmp (default: from the "
     "output name, else the input's).")]
 Quality = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
+Suffix = Annotated[Optional[str], typer.Option(
+    "--suffix", help="Replaces _x<s> in output names (may be empty).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+OverwriteInput = Annotated[bool, typer.Option(
+    "--overwrite-input", help="Allow the output to be the input file itself (replaced).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")]

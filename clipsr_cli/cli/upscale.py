@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,8 +13,7 @@ from clipsr_cli.cli import options as o
 def register(app: typer.Typer) -> None:
     @app.command("upscale")
     def upscale(
-        input: Annotated[str, typer.Argument(help="Image to upscale, or - for stdin.",
-                                             show_default=False)],
+        input: o.Input,
         output: Annotated[Optional[str], typer.Option(
             "--output", "-o", help="Output file or directory, or - for stdout. Default: "
             "<stem>_x<s>.<ext> beside the input.")] = None,
@@ -26,18 +26,23 @@ def register(app: typer.Typer) -> None:
         tile_overlap: o.TileOverlap = None,
         format: o.Format = None,
         quality: o.Quality = 95,
+        suffix: o.Suffix = None,
         overwrite: o.Overwrite = False,
+        overwrite_input: o.OverwriteInput = False,
         quiet: o.Quiet = False,
         verbose: o.Verbose = False,
     ) -> None:
         """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
-        from clipsr_cli.cli.console import configure
+        from clipsr_cli.cli.console import configure, tile_progress
         from clipsr_cli.tasks.upscale import upscale_file
 
         configure(verbose=verbose, quiet=quiet)
-        dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,
-                            device=device, precision=precision, tile=tile,
-                            tile_overlap=tile_overlap, format=format, quality=quality,
-                            overwrite=overwrite)
+        name = "<stdin>" if input == "-" else Path(input).name
+        with tile_progress(f"upscale {name}") as progress:
+            dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,
+                                device=device, precision=precision, tile=tile,
+                                tile_overlap=tile_overlap, format=format, quality=quality,
+                                overwrite=overwrite, overwrite_input=overwrite_input,
+                                suffix=suffix, progress=progress)
         if dest is not None:
             typer.echo(str(dest))  # the result, on stdout

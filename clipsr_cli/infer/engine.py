@@ -33,7 +33,7 @@ from clipsr_cli.model.foreign import is_foreign_file, load_foreign
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["Upscaler", "EngineSettings", "load_clip_backbone", "upscale_alpha",
+__all__ = ["Upscaler", "EngineSettings", "load_clip_backbone", "parse_tiling", "upscale_alpha",
            "resolve_device", "resolve_precision"]
 
 
@@ -44,6 +44,25 @@ def load_clip_backbone(spec: str | ClipSpec, device: str | torch.device = "cpu")
     spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
     path = clip_weights_path(spec.arch, spec.weights) if spec.weights_is_name else None
     return load_clip(spec, device, weights_path=path)
+
+
+def parse_tiling(tile: int | str, tile_overlap: int | None) -> tuple[int | Literal["auto"], int | None]:
+    """Check ``tile`` ('auto', 0 = off, or a size; a string is parsed) and ``tile_overlap``
+    (>= 0, or None for the model's hint); UsageError for a value that can never work."""
+    if tile_overlap is not None and tile_overlap < 0:
+        raise UsageError("`tile_overlap` must be >= 0", param="tile_overlap")
+    if isinstance(tile, str):
+        if tile.strip().lower() != "auto":
+            try:
+                tile = int(tile)
+            except ValueError:
+                raise UsageError(f"`tile` must be 'auto', 0 (off) or a size in LR pixels, "
+                                 f"not {tile!r}", param="tile") from None
+        else:
+            tile = "auto"
+    if isinstance(tile, int) and tile < 0:
+        raise UsageError("`tile` must be 'auto', 0 (off) or a positive size", param="tile")
+    return tile, tile_overlap
 
 
 @dataclass(frozen=True)
@@ -73,19 +92,7 @@ class Upscaler:
         dtype = _supported_dtype(info, dtype, precision, self.name)
         if tile_overlap is None:
             tile_overlap = info.tile_overlap
-        if tile_overlap < 0:
-            raise UsageError("`tile_overlap` must be >= 0", param="tile_overlap")
-        if isinstance(tile, str):
-            if tile.strip().lower() != "auto":
-                try:
-                    tile = int(tile)
-                except ValueError:
-                    raise UsageError(f"`tile` must be 'auto', 0 (off) or a size in LR pixels, "
-                                     f"not {tile!r}", param="tile") from None
-            else:
-                tile = "auto"
-        if isinstance(tile, int) and tile < 0:
-            raise UsageError("`tile` must be 'auto', 0 (off) or a positive size", param="tile")
+        tile, tile_overlap = parse_tiling(tile, tile_overlap)
         self.settings = EngineSettings(dev, dtype, tile, tile_overlap)
         self._text_cache: dict[str, torch.Tensor] = {}
 

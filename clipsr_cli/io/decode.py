@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from clipsr_cli.errors import InputError
+from clipsr_cli.errors import InputError, log
 
 __all__ = ["MAX_PIXELS", "LoadedImage", "from_pil", "read_image"]
 
@@ -84,6 +84,9 @@ def read_image(source: str | os.PathLike[str] | bytes) -> LoadedImage:
     img = _open(data, name)
     with img:
         _check_size(img, name)
+        frames = getattr(img, "n_frames", 1) if img.format != "MPO" else 1
+        if frames > 1:
+            log.warning(f"{name} has {frames} frames; only the first is used")
         arr = depth = None
         if img.format == "PNG" and _png_16bit_colour(data):
             arr, depth = _read_png16(data, name), 16

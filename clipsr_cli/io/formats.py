@@ -9,11 +9,15 @@ from pathlib import Path
 
 from clipsr_cli.errors import InputError, UsageError
 
-__all__ = ["IMAGE_EXTENSIONS", "WRITE_FORMATS", "extension_for", "format_for", "is_image_path",
+__all__ = ["IMAGE_EXTENSIONS", "READ_EXTENSIONS", "WRITE_FORMATS", "extension_for", "format_for",
+           "is_image_path",
            "normalise_format"]
 
 #: Extensions that ``is_image_path`` accepts (and ``batch`` processes), lower case.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+#: Extensions of the files clipsr reads (``upscale`` and ``batch`` alike): those it writes, and
+#: GIF (its first frame).
+READ_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
 #: The formats clipsr writes, as Pillow names them.
 WRITE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 

@@ -14,14 +14,10 @@ message that says what to do next; wrong tensor shapes (a programming error) rai
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import BinaryIO, Callable
-
 from clipsr_cli.io.decode import MAX_PIXELS, LoadedImage, from_pil, read_image
 from clipsr_cli.io.encode import PixelSource, to_pil, write_image
 from clipsr_cli.io.formats import IMAGE_EXTENSIONS, is_image_path
-from clipsr_cli.io.outputs import output_path_for, write_atomic
+from clipsr_cli.io.outputs import output_path_for
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,8 +32,3 @@ __all__ = [
     "write_image",
 ]
 
-
-def _atomic_write(path: Path | str | os.PathLike, encode: Callable[[BinaryIO], None],
-                  overwrite: bool) -> None:
-    """Temporary shim for ``tasks/edit.py``: use :func:`clipsr_cli.io.outputs.write_atomic`."""
-    write_atomic(path, encode, overwrite=overwrite)

@@ -10,6 +10,9 @@
 * :func:`write_atomic` / :func:`write_bytes_atomic`: the write, through the one atomic writer
   (:mod:`clipsr_cli.io.atomic`), never clobbering without ``overwrite``, even when the file
   appears between the check and the write; :func:`write_stdout` for ``"-"``.
+* A FIFO or character device as the output is a stream (written directly, never replaced);
+  other special files are refused. The input itself is replaced only with ``overwrite_input``
+  (which defaults to ``overwrite`` for callers that do not tell the two apart).
 
 Messages name parameters in backticks (see :mod:`clipsr_cli.errors`); ``param`` names the
 parameter that chose the path (``output`` unless told otherwise, e.g. ``report``).
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError
-from clipsr_cli.io.atomic import atomic_write
+from clipsr_cli.io.atomic import atomic_write, is_stream
 from clipsr_cli.io.formats import IMAGE_EXTENSIONS, extension_for
 
 __all__ = ["check_destination", "check_stdout", "output_path_for", "resolve_destination", "same_file",
@@ -37,6 +40,9 @@ def output_path_for(input_path: str | os.PathLike[str], scale: int, *, format: s
     ``format`` picks the extension (else the input's own, or ``.png`` when the input is not a
     format clipsr writes, e.g. a GIF); ``suffix`` replaces ``_x<scale>`` (e.g. ``"_edited"``).
     """
+    if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep, "\0")):
+        raise UsageError(f"`suffix` {suffix!r} must not contain a path separator: it is appended "
+                         "to each file name (choose the folder with `output`)", param="suffix")
     if os.fspath(input_path) == "-":
         raise InputError("reading from standard input (-) needs an explicit output: pass "
                          "`output=FILE`, or `output=-` with `format`")
@@ -62,11 +68,14 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str] | None) -> bo
 
 
 def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
-                      overwrite: bool, param: str = "output") -> Path:
+                      overwrite: bool, overwrite_input: bool | None = None,
+                      param: str = "output") -> Path:
     """Refuse ``path`` unless writing it is allowed; return it as a Path.
 
-    InputError if its folder does not exist or it is a folder; OutputExistsError if it exists
-    (or is ``source``, the input) and not ``overwrite``.
+    InputError if its folder does not exist, it is a folder or a special file other than a
+    FIFO / character device (those are streams: always allowed); OutputExistsError if it exists
+    and not ``overwrite``, or is ``source`` (the input) and not ``overwrite_input`` (None: as
+    ``overwrite``).
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -74,10 +83,21 @@ def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name such as "
                          f"{path / ('out' + (path.suffix or '.png'))}")
-    if not overwrite and path.exists():
-        if same_file(path, source):
+    if is_stream(path):
+        return path
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file (a device or socket); choose another "
+                         f"`{param}`")
+    if same_file(path, source):
+        if overwrite_input is None and not overwrite:
             raise OutputExistsError(f"refusing to overwrite the input {path}; choose another "
                                     f"`{param}`, or pass `overwrite=True`", path=path)
+        if overwrite_input is False:
+            raise OutputExistsError(f"refusing to overwrite the input {path}; choose another "
+                                    f"`{param}`, or pass `overwrite_input=True` to replace it",
+                                    path=path)
+        return path
+    if not overwrite and path.exists():
         raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it or choose "
                                 f"another `{param}`", path=path)
     return path
@@ -85,6 +105,7 @@ def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike
 
 def resolve_destination(input: str | os.PathLike[str], output: str | os.PathLike[str] | None,
                         scale: int, *, format: str | None = None, overwrite: bool = False,
+                        overwrite_input: bool | None = None,
                         suffix: str | None = None) -> Path | None:
     """Where the result of ``input`` goes: None for standard output (``output="-"``).
 
@@ -104,7 +125,8 @@ def resolve_destination(input: str | os.PathLike[str], output: str | os.PathLike
         if dest.is_dir():
             ref = input if input != "-" else "stdin.png"
             dest = dest / output_path_for(ref, scale, format=format, suffix=suffix).name
-    return check_destination(dest, source=None if input == "-" else input, overwrite=overwrite)
+    return check_destination(dest, source=None if input == "-" else input, overwrite=overwrite,
+                             overwrite_input=overwrite_input)
 
 
 def write_atomic(path: str | os.PathLike[str], encode: Callable[[BinaryIO], None], *,

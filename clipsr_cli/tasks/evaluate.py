@@ -8,18 +8,18 @@ through the inference engine. Metrics (``clipsr_cli.data.metrics``): PSNR and SS
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipsr_cli.errors import DataError, InputError
+from clipsr_cli.errors import DataError, InputError, UsageError
+
+REPORT_VERSION = 1
+CSV_FIELDS = ("name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
+              "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score")
 
 
 @dataclass(frozen=True)
@@ -64,31 +64,22 @@ class EvalReport:
         out["improved"] = f"{self.improved}/{len(self.images)}"
         return out
 
-    def to_json(self) -> str:
+    def to_json(self) -> dict:
+        """The JSON report (NaN, a metric that could not be computed, is written as null)."""
         rows = [dict(asdict(i), gain=i.gain) for i in self.images]
-        mean = {k: _finite(v) for k, v in self.summary().items()}
-        return json.dumps({"model": self.model, "scale": self.scale, "data": self.data,
-                           "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both "
-                                       f"images 8-bit, border {self.scale} px cropped",
-                           "mean": mean, "images": rows, "notes": self.notes},
-                          indent=2, allow_nan=False)
+        return {"version": REPORT_VERSION, "model": self.model, "scale": self.scale,
+                "data": self.data,
+                "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both images "
+                            f"8-bit, border {self.scale} px cropped",
+                "mean": self.summary(), "images": rows, "notes": self.notes}
 
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        fields = ["name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
-                  "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score"]
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
+    def csv_rows(self) -> list[dict]:
+        rows = []
         for i in self.images:
             d = asdict(i)
             d["width"], d["height"] = d.pop("size")
-            w.writerow(dict(d, gain=i.gain))
-        return buf.getvalue()
-
-
-def _finite(x):
-    """NaN (a metric that could not be computed) becomes null: strict JSON has no NaN."""
-    return None if isinstance(x, float) and math.isnan(x) else x
+            rows.append(dict(d, gain=i.gain))
+        return rows
 
 
 def _to_tensor(img) -> torch.Tensor:
@@ -105,13 +96,13 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
     from clipsr_cli.data.metrics import psnr, ssim
 
     if text and captions:
-        raise InputError("use either --text or --captions, not both")
+        raise UsageError("use either `text` or `captions`, not both", param="captions")
     source = open_dataset(data, format, split=split)
-    cmap = None
+    table = None
     if captions is not None:
-        from clipsr_cli.tasks.batch import CaptionMap
+        from clipsr_cli.data.captions import CaptionTable
 
-        cmap = CaptionMap.load(captions)
+        table = CaptionTable.load(captions)
     s = upscaler.scale
     report = EvalReport(model=upscaler.name, scale=s, data=str(data))
     text_model = upscaler.info.text_conditioned
@@ -125,10 +116,8 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             report.notes.append(f"skipped {sample.path.name}: {e}")
             continue
         caption = text
-        if cmap is not None:
-            from clipsr_cli.tasks.batch import Source
-
-            caption = cmap(Source(Path(sample.path), PurePosixPath(Path(sample.path).name)))
+        if table is not None:
+            caption = table.first(sample.path)
         elif caption is None and caps:
             caption = caps[0]
         hr = crop_to_multiple(_to_tensor(img), s)
@@ -181,23 +170,13 @@ def _lpips_note() -> str:
 
 
 def write_report(report: EvalReport, path: str | os.PathLike) -> Path:
-    from clipsr_cli.model.checkpoint import atomic_write_bytes
+    """``report`` as FILE.json (strict JSON) or FILE.csv, atomically (an old report is replaced)."""
+    from clipsr_cli.io.reports import write_csv, write_json
 
     path = Path(path).expanduser()
     ext = path.suffix.lower()
     if ext == ".json":
-        data = report.to_json()
-    elif ext == ".csv":
-        data = report.to_csv()
-    else:
-        raise InputError(f"--report {path}: use a .json or .csv file name")
-    if not path.parent.is_dir():
-        raise InputError(f"--report folder {path.parent} does not exist")
-    atomic_write_bytes(path, data.encode())
-    return path
-
-
-def fmt(x: float | None, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}"
+        return write_json(path, report.to_json(), version=REPORT_VERSION, overwrite=True)
+    if ext == ".csv":
+        return write_csv(path, report.csv_rows(), fields=CSV_FIELDS, overwrite=True)
+    raise InputError(f"`report` {path}: use a .json or .csv file name")
