@@ -67,9 +67,6 @@ def resize_matrix(in_len: int, out_len: int, scale: float) -> torch.Tensor:
     return torch.zeros(out_len, in_len, dtype=torch.float64).scatter_add_(1, ind, w)
 
 
-_weight_matrix = resize_matrix  # temporary alias for train/data.py; use resize_matrix
-
-
 def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float) -> torch.Tensor:
     """Resample ``x`` along ``dim`` (-1 or -2) to ``out_len`` samples."""
     in_len = x.shape[dim]
