@@ -7,6 +7,10 @@
   ICC profile and the EXIF block (orientation reset to 1) ride along for the writer.
 * 16-bit: 16-bit grayscale, grayscale + alpha, RGB and RGBA PNG and TIFF are read with their
   full precision (``bit_depth == 16``).
+* Size: judged from the file's header before any pixel is decoded (a few-MB "decompression
+  bomb" claiming 900 MP is refused at once): at most ``max_pixels`` pixels, by default
+  ``CLIPSR_MAX_PIXELS`` or 250 MP (:func:`clipsr_cli.io.formats.max_pixels_limit`); a ``check``
+  callback can judge the size too (the engine's output-memory check).
 * Every failure a user can cause raises :class:`~clipsr_cli.errors.InputError` with a one-line
   message that says what to do next.
 """
@@ -21,6 +25,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,11 +33,14 @@ from PIL import Image, UnidentifiedImageError
 
 from clipsr_cli.errors import InputError, log
 
-__all__ = ["MAX_PIXELS", "LoadedImage", "from_pil", "read_image"]
+from clipsr_cli.io.formats import (MAX_PIXELS, check_dimensions, check_file_size, max_file_bytes,
+                                   max_pixels_limit)
 
-#: Largest image read, in pixels. Pillow's own decompression-bomb limit (~179 MP) would refuse
-#: legitimate panoramas; this cap still stops a crafted header from claiming terapixels.
-MAX_PIXELS = 2**31
+__all__ = ["MAX_PIXELS", "LoadedImage", "SizeCheck", "from_pil", "read_image"]
+
+#: ``check(width, height, bit_depth)``: called with an image's upright size and its bit depth (8
+#: or 16) once its header is read and before any pixel is decoded; raise to refuse the image.
+SizeCheck = Callable[[int, int, int], None]
 
 _READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG includes camera MPO files
 _SUPPORTED = "PNG, JPEG, WebP, TIFF or BMP"
@@ -63,47 +71,57 @@ class LoadedImage:
         return int(self.rgb.shape[-1]), int(self.rgb.shape[-2])
 
 
-def read_image(source: str | os.PathLike[str] | bytes) -> LoadedImage:
+def read_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = None,
+               check: SizeCheck | None = None) -> LoadedImage:
     """Read and fully decode an image file, ``"-"`` (standard input) or raw bytes.
 
     Raises InputError for a missing file, a folder, an empty, truncated or corrupt file, an
-    unsupported format, or an image larger than ``MAX_PIXELS``.
+    unsupported format, or an image of more than ``max_pixels`` pixels (None: the environment
+    variable ``CLIPSR_MAX_PIXELS``, else 250 MP) — judged from the header, before decoding, as is
+    ``check`` (see :data:`SizeCheck`), whose exceptions propagate.
     """
+    limit = max_pixels_limit(max_pixels)
+    most = max_file_bytes(limit)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, name = bytes(source), "<bytes>"
     elif os.fspath(source) == "-":
         if _isatty(sys.stdin):
             raise InputError("nothing is piped into standard input (-); pipe an image in "
                              "(< photo.jpg)")
-        data, name = sys.stdin.buffer.read(), "<stdin>"
+        data, name = sys.stdin.buffer.read(most + 1), "<stdin>"
     else:
         path = Path(source)
-        data, name = _read_file(path), str(path)
+        data, name = _read_file(path, limit), str(path)
     if not data:
         raise InputError(f"{name} is empty (0 bytes); pass an image file")
+    check_file_size(len(data), name, max_pixels=limit)
     img = _open(data, name)
     with img:
-        _check_size(img, name)
+        png16 = img.format == "PNG" and _png_16bit_colour(data)
+        tiff16 = img.format == "TIFF" and _tiff_16bit_colour(img)
+        _check_size(img, name, limit, check, 16 if png16 or tiff16 else None)
         frames = getattr(img, "n_frames", 1) if img.format != "MPO" else 1
         if frames > 1:
             log.warning(f"{name} has {frames} frames; only the first is used")
         arr = depth = None
-        if img.format == "PNG" and _png_16bit_colour(data):
+        if png16:
             arr, depth = _read_png16(data, name), 16
-        elif img.format == "TIFF" and _tiff_16bit_colour(img):
-            arr, depth = _read_tiff16(data, name), 16
+        elif tiff16:
+            arr, depth = _read_tiff16(data, name, limit), 16
         return _loaded(img, name, arr, depth)
 
 
-def from_pil(img: Image.Image, *, source: str = "<image>") -> LoadedImage:
+def from_pil(img: Image.Image, *, source: str = "<image>",
+             max_pixels: int | None = None) -> LoadedImage:
     """Convert a PIL image (any mode :func:`read_image` accepts) to a :class:`LoadedImage`.
 
     The EXIF orientation is applied like on read. 16-bit data survives only where Pillow
-    holds it (mode ``I;16``); for 16-bit colour files use :func:`read_image`.
+    holds it (mode ``I;16``); for 16-bit colour files use :func:`read_image`. ``max_pixels``:
+    as for :func:`read_image` (an image opened but not yet loaded is judged before decoding).
     """
     if not isinstance(img, Image.Image):
         raise InputError(f"expected a PIL image, got {type(img).__name__}; open it with PIL first")
-    _check_size(img, source)
+    _check_size(img, source, max_pixels_limit(max_pixels), None, None)
     return _loaded(img, source, None, None)
 
 
@@ -113,11 +131,14 @@ def _isatty(stream) -> bool:
 
 
 # -- reading --------------------------------------------------------------------------------------
-def _read_file(path: Path) -> bytes:
+def _read_file(path: Path, limit: int) -> bytes:
     if path.is_dir():
         raise InputError(f"{path} is a folder; pass an image file (for a folder of images, use batch)")
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            # e.g. a sparse file: refused before a byte of it is read
+            check_file_size(os.fstat(f.fileno()).st_size, str(path), max_pixels=limit)
+            return f.read(max_file_bytes(limit) + 1)
     except FileNotFoundError:
         raise InputError(f"{path} does not exist; check the path") from None
     except PermissionError:
@@ -127,7 +148,7 @@ def _read_file(path: Path) -> bytes:
 
 
 def _open(data: bytes, name: str) -> Image.Image:
-    """Open (header only) with Pillow's bomb check replaced by our own MAX_PIXELS cap."""
+    """Open (header only) with Pillow's bomb check replaced by our own limit (``max_pixels``)."""
     with _open_lock:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
@@ -155,13 +176,18 @@ def _other_format(data: bytes) -> str | None:
         return None
 
 
-def _check_size(img: Image.Image, name: str) -> None:
+def _check_size(img: Image.Image, name: str, limit: int, check: SizeCheck | None,
+                depth: int | None) -> None:
+    """Judge the size the header states, before any pixel is decoded."""
     w, h = img.size
-    if w <= 0 or h <= 0:
-        raise InputError(f"{name} has zero size ({w}×{h}); pass a non-empty image")
-    if w * h > MAX_PIXELS:
-        raise InputError(f"{name} is {w}×{h} ({w * h / 1e6:.0f} megapixels), more than clipsr's "
-                         f"limit of {MAX_PIXELS / 1e6:.0f} MP; crop or downscale it first")
+    check_dimensions(w, h, name, max_pixels=limit)
+    if check is not None:
+        try:  # read only: _exif_of resets the orientation of the image's cached EXIF
+            orientation = int(img.getexif().get(_ORIENTATION, 1))
+        except (*_DECODE_ERRORS, TypeError):
+            orientation = 1
+        upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        check(*upright, depth or (16 if img.mode.startswith("I") else 8))
 
 
 def _corrupt(name: str, e: BaseException) -> InputError:
@@ -203,7 +229,7 @@ def _tiff_16bit_colour(img: Image.Image) -> bool:
     return 16 in bits and not img.mode.startswith("I;16")
 
 
-def _read_tiff16(data: bytes, name: str) -> np.ndarray:
+def _read_tiff16(data: bytes, name: str, limit: int) -> np.ndarray:
     import tifffile  # Pillow cannot hold 16-bit colour; it would reduce these TIFFs to 8 bits
 
     try:
@@ -214,6 +240,12 @@ def _read_tiff16(data: bytes, name: str) -> np.ndarray:
                                  "compression, which needs the imagecodecs package: run `pip "
                                  "install imagecodecs`, or re-save it with ZIP or no compression")
             photometric, axes = page.photometric, page.axes
+            # tifffile's page, not Pillow's view of the file, decides what asarray allocates
+            check_dimensions(page.imagewidth, page.imagelength, name, max_pixels=limit)
+            if page.size > 4 * limit:  # more than 4 samples a pixel: extra planes, depth, ...
+                raise InputError(f"{name} is a 16-bit TIFF of {page.size} samples ({axes} "
+                                 f"{page.shape}), more than clipsr reads; convert it to 16-bit "
+                                 "RGB or grayscale first")
             arr = page.asarray()
     except InputError:
         raise

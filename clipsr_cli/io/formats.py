@@ -1,5 +1,6 @@
 """Image formats by name and by extension: which clipsr reads, which it writes, and how a
-destination's format is told (torch-free).
+destination's format is told; and the size limit an image's header is judged by before it is
+decoded (torch-free).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff",
 READ_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
 #: The formats clipsr writes, as Pillow names them.
 WRITE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+
+#: Default limit on an input image's pixels (width × height), judged from the file's header
+#: before anything is decoded. 250 MP covers the largest camera files (pixel-shift 200 MP) while
+#: a 900-MP "decompression bomb" (a few MB of PNG that would decode to 17 GB) is refused.
+MAX_PIXELS = 250_000_000
+#: Environment variable that overrides :data:`MAX_PIXELS` (a number of pixels, e.g. ``1e9``).
+MAX_PIXELS_ENV = "CLIPSR_MAX_PIXELS"
 
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF",
             "tif": "TIFF", "bmp": "BMP"}
@@ -71,3 +79,56 @@ def format_for(dest: str | os.PathLike[str], format: str | None = None) -> str:
         raise UsageError(f"format {format} does not match the extension of {dest}; change one "
                          "of them", param="format")
     return fmt
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The input-pixel limit in force: ``max_pixels`` if given, else the environment variable
+    ``CLIPSR_MAX_PIXELS``, else :data:`MAX_PIXELS`. UsageError for a value that is not a positive
+    number of pixels."""
+    if max_pixels is not None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+            raise UsageError(f"`max_pixels` must be a positive number of pixels, got "
+                             f"{max_pixels!r}", param="max_pixels")
+        return max_pixels
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < float("inf")):
+        raise UsageError(f"{MAX_PIXELS_ENV}={raw} is not a positive number of pixels; set it "
+                         f"to e.g. 1000000000 (or 1e9), or unset it for the default "
+                         f"{MAX_PIXELS / 1e6:.0f} MP")
+    return int(value)
+
+
+def check_dimensions(width: int, height: int, name: str, *, max_pixels: int | None = None) -> None:
+    """Refuse (InputError) an image of zero size or of more pixels than
+    :func:`max_pixels_limit` allows; called with the size a file's header states, before any
+    pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise InputError(f"{name} has zero size ({width}×{height}); pass a non-empty image")
+    limit = max_pixels_limit(max_pixels)
+    if width * height > limit:
+        raise InputError(f"{name} is {width}×{height} ({width * height / 1e6:.4g} megapixels), "
+                         f"more than the limit of {limit / 1e6:.4g} MP for one image; crop or "
+                         f"downscale it, or raise the limit with {MAX_PIXELS_ENV}=N (N pixels; "
+                         "`max_pixels` in Python)")
+
+
+def max_file_bytes(max_pixels: int | None = None) -> int:
+    """Most bytes an image file within the pixel limit can need: 16-bit RGBA stored
+    uncompressed (8 bytes a pixel) plus 64 MiB of metadata."""
+    return max_pixels_limit(max_pixels) * 8 + (64 << 20)
+
+
+def check_file_size(size: int, name: str, *, max_pixels: int | None = None) -> None:
+    """Refuse (InputError) a file longer than :func:`max_file_bytes` before it is read (a sparse
+    file, or one padded to exhaust memory)."""
+    if size > max_file_bytes(max_pixels):
+        limit = max_pixels_limit(max_pixels)
+        raise InputError(f"{name} is {size / 2**30:.1f} GiB, more than an image within the limit "
+                         f"of {limit / 1e6:.4g} MP can take; pass a smaller file, or raise the "
+                         f"limit with {MAX_PIXELS_ENV}=N (N pixels; `max_pixels` in Python)")

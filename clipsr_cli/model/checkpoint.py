@@ -26,6 +26,7 @@ from clipsr_cli.errors import ModelError
 from clipsr_cli.io.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
 from clipsr_cli.model.clip import ClipBackbone, load_clip
 from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.model.limits import checked_config
 from clipsr_cli.model.network import CLIPSR, build_model
 
 FORMAT = "clipsr"
@@ -82,41 +83,97 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Mod
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
     """Read and validate a checkpoint: (config, state_dict with the current parameter names,
-    metadata as stored). Raises ``ModelError``."""
+    metadata as stored). The header is judged before any tensor is read: the config's ranges and
+    every tensor's name, shape and dtype (:func:`~clipsr_cli.model.limits.checked_config`).
+    Raises ``ModelError``."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise ModelError(f"{path} is not a clipsr checkpoint (file too small); "
-                         "re-download or re-export it")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len <= 0 or 8 + header_len > len(data):
-        raise ModelError(f"{path} is not a clipsr checkpoint or is truncated; re-download or "
-                         "re-export it")
-    try:
-        header = json.loads(data[8:8 + header_len])
-        meta = header.get("__metadata__", {}) or {}
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-                  default=0)
-        if 8 + header_len + end > len(data):
-            raise ModelError(f"{path} is truncated ({len(data)} of {8 + header_len + end} bytes); "
-                             "re-download or re-export it")
-        state = load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as e:
-        raise ModelError(f"{path} is not a valid safetensors file ({e}); re-download or "
-                         "re-export it") from None
+    head, tensors, meta = _read_header(path)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path} is a safetensors file but not a clipsr checkpoint (no clipsr "
                          "metadata); use a checkpoint written by 'clipsr train'")
-    version = int(meta.get("format_version", "0"))
+    version = meta.get("format_version", "0")
+    if not (version.isascii() and version.isdigit()):
+        raise ModelError(f"{path} has checkpoint format {version[:20]!r}, not a number; the file "
+                         "is damaged or was not written by clipsr")
+    version = int(version)
     if version > FORMAT_VERSION:
         raise ModelError(f"{path} has checkpoint format {version}, newer than this clipsr "
                          f"understands ({FORMAT_VERSION}); upgrade clipsr")
-    config = ModelConfig.from_json(meta.get("config", ""), source=str(path))
+    config = checked_config(meta.get("config", ""), rename_keys(tensors) if version < 2
+                            else tensors, source=str(path))
+    try:
+        data = path.read_bytes()
+        if not data.startswith(head):
+            raise ModelError(f"{path} changed while it was read; read it again")
+        state = load(data)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ModelError(f"{path} is not a valid safetensors file ({e}); re-download or "
+                         "re-export it") from None
     if version < 2:
         state = rename_keys(state)
     return config, state, meta
+
+
+#: Largest safetensors header read, in bytes (clipsr's own are under 200 KB).
+MAX_HEADER_BYTES = 16 << 20
+
+
+def _read_header(path: Path) -> tuple[bytes, dict[str, dict], dict[str, str]]:
+    """(the header's bytes, {tensor name: its header entry}, metadata) of a safetensors file,
+    read without its tensors; every malformed or truncated header is a one-line ModelError."""
+    def invalid(why: str) -> ModelError:
+        return ModelError(f"{path} is not a valid safetensors file ({why}); re-download or "
+                          "re-export it")
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelError(f"{path} is not a clipsr checkpoint (file too small); "
+                                 "re-download or re-export it")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                raise ModelError(f"{path} is not a clipsr checkpoint or is truncated; "
+                                 "re-download or re-export it")
+            if n > MAX_HEADER_BYTES:
+                raise invalid(f"a {n}-byte header, more than {MAX_HEADER_BYTES >> 20} MiB")
+            head += f.read(n)
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}; check the file") from None
+    try:
+        header = json.loads(head[8:])
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise invalid(f"its header is not JSON: {str(e)[:80]}") from None
+    if not isinstance(header, dict):
+        raise invalid(f"its header is a JSON {type(header).__name__}, not an object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise invalid("its metadata is not a map of strings")
+    end = 0
+    for name, entry in header.items():
+        if not _well_formed(entry):
+            raise invalid(f"tensor {name[:60]!r} has a malformed header entry")
+        end = max(end, entry["data_offsets"][1])
+    if len(head) + end > size:
+        raise ModelError(f"{path} is truncated ({size} of {len(head) + end} bytes); "
+                         "re-download or re-export it")
+    return head, header, meta
+
+
+def _well_formed(entry: object) -> bool:
+    """A tensor's header entry: ``{"dtype": str, "shape": [n, ...], "data_offsets": [a, b]}``."""
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(entry, dict):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    return (isinstance(entry.get("dtype"), str) and isinstance(shape, list)
+            and all(count(d) for d in shape) and isinstance(offsets, list) and len(offsets) == 2
+            and all(count(o) for o in offsets) and offsets[0] <= offsets[1])
 
 
 ClipLoader = Callable[[str, torch.device | str], ClipBackbone]
