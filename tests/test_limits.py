@@ -4,7 +4,7 @@ before anything is built or loaded. Every refusal is one named error (one line i
 
 Hostile inputs run in a child process under an 8 GiB address-space limit, so that a regression
 fails the test (MemoryError, non-zero exit) instead of exhausting the machine; the child reports
-its peak RSS, which must stay under 1 GiB (about half of it is importing torch).
+its peak RSS (VmHWM), which must stay under 1 GiB (about half of it is importing torch).
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ def header_png(width: int, height: int, *, depth: int = 8, colour: int = 2) -> b
 
 def limited(code: str, *args: str, env: dict | None = None) -> tuple[int, str, str, float]:
     """Run ``code`` in a child Python under AS_LIMIT: (exit status, stdout, stderr, peak MiB)."""
-    prelude = ("import atexit, resource, sys\n"
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak across exec into ru_maxrss
+    prelude = ("import atexit, re, resource, sys\n"
                f"resource.setrlimit(resource.RLIMIT_AS, ({AS_LIMIT}, {AS_LIMIT}))\n"
-               "atexit.register(lambda: sys.stderr.write('\\nPEAK_RSS_KB=%d\\n' % "
-               "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n")
+               "atexit.register(lambda: sys.stderr.write('\\nPEAK_RSS_KB=%s\\n' % re.search("
+               "r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)))\n")
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1",
                 **(env or {})}
     r = subprocess.run([sys.executable, "-c", prelude + code, *args], cwd=ROOT, env=full_env,
