@@ -20,15 +20,15 @@ PKG = Path(__file__).resolve().parents[1] / "clipsr_cli"
 LAYERS = {
     "errors": 0,
     "io": 1,
-    "model": 2,
-    "hub": 3,
-    "infer": 4,
-    "data": 4,
-    "tasks": 5,
-    "train": 6,
-    "cli": 7,
-    "__init__": 8,
-    "__main__": 9,
+    "data": 2,
+    "model": 3,
+    "hub": 4,
+    "infer": 5,
+    "tasks": 6,
+    "train": 7,
+    "cli": 8,
+    "__init__": 9,
+    "__main__": 10,
 }
 
 MAX_LINES = 400
