@@ -1,4 +1,6 @@
-"""Checkpoint format 2 renamed the generator's parameters; version-1 files keep loading."""
+"""Checkpoint format 2 renamed the generator's parameters; version-1 files keep loading.
+Format 3 changed the text path: image-only files of every version load, text-conditioned files of
+versions 1-2 are refused with a message (their text path cannot be rebuilt)."""
 
 from __future__ import annotations
 
@@ -19,41 +21,56 @@ from tests.conftest import perturb, tiny_config
 WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
 
 #: some tensor names exactly as format 1 wrote them (the pre-redesign flat layout)
-V1_NAMES = {"head.weight", "down.0.weight", "stages.1.0.conv1.weight", "lift.0.bias",
-            "body.0.conv2.weight", "body_conv.weight", "up.1.weight", "up_blocks.0.conv1.bias",
-            "up_blocks.1.aff2.beta.2.weight", "tail.weight", "null_text", "prompt.pos",
-            "prompt.attn.self_attn.in_proj_weight", "fu_norm.weight", "fu_proj.bias"}
+V1_IMAGE_NAMES = {"head.weight", "down.0.weight", "stages.1.0.conv1.weight", "lift.0.bias",
+                  "body.0.conv2.weight", "body_conv.weight", "up.1.weight",
+                  "up_blocks.0.conv1.bias", "tail.weight"}
+V1_TEXT_NAMES = {"up_blocks.1.aff2.beta.2.weight", "null_text", "prompt.pos",
+                 "prompt.attn.self_attn.in_proj_weight", "fu_norm.weight", "fu_proj.0.bias"}
+V1_NAMES = V1_IMAGE_NAMES | V1_TEXT_NAMES
 
 
-def _write_v1(path: Path, model, cfg) -> Path:
-    state = rename_keys({k: v.contiguous() for k, v in model.state_dict().items()}, reverse=True)
-    meta = {"format": "clipsr", "format_version": "1", "config": cfg.to_json()}
+def _write_v1(path: Path, model, cfg, version: str = "1") -> Path:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if version == "1":
+        state = rename_keys(state, reverse=True)
+    meta = {"format": "clipsr", "format_version": version, "config": cfg.to_json()}
     path.write_bytes(save(state, metadata=meta))
     return path
 
 
-def _run(model, x, text):
-    with torch.no_grad():
-        return model(x, model.condition(x, model.text_embedding([text])))
-
-
-def test_a_v1_text_checkpoint_loads_strictly_and_gives_the_same_output(tmp_path):
+def test_a_v1_checkpoint_loads_strictly_and_gives_the_same_output(tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True)
-    clip = load_clip(cfg.clip)
-    model = perturb(build_model(cfg, clip)).eval()
+    cfg = tiny_config(4)
+    model = perturb(build_model(cfg)).eval()
     path = _write_v1(tmp_path / "v1.safetensors", model, cfg)
     _, raw, meta = read_checkpoint(path)
     assert meta["format_version"] == "1"
     from safetensors.torch import load_file
 
     on_disk = set(load_file(str(path)))
-    assert V1_NAMES <= on_disk, sorted(V1_NAMES - on_disk)  # really the old layout
+    assert V1_IMAGE_NAMES <= on_disk, sorted(V1_IMAGE_NAMES - on_disk)  # really the old layout
     assert not any(k.startswith(("encoder.", "refinement.", "upsampler.")) for k in on_disk)
     assert set(raw) == set(model.state_dict())  # read_checkpoint renamed every tensor
-    loaded = load_checkpoint(path, clip=clip)  # strict load inside
+    loaded = load_checkpoint(path)  # strict load inside
     x = torch.rand(1, 3, 16, 16)
-    assert torch.equal(_run(loaded, x, "a red bird"), _run(model, x, "a red bird"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_an_old_text_checkpoint_is_refused_with_a_message(tmp_path, version):
+    torch.manual_seed(0)
+    cfg = tiny_config(4, text=True)
+    model = perturb(build_model(cfg, load_clip(cfg.clip))).eval()
+    path = _write_v1(tmp_path / f"v{version}.safetensors", model, cfg, version)
+    from safetensors.torch import load_file
+
+    on_disk = set(load_file(str(path)))
+    if version == "1":
+        assert V1_NAMES <= on_disk, sorted(V1_NAMES - on_disk)  # really the old layout
+    with pytest.raises(ModelError, match=f"text-conditioned model of checkpoint format {version}"
+                                         ".*retrain it"):
+        load_checkpoint(path)
 
 
 def test_the_rename_table_is_one_to_one_and_round_trips():
@@ -65,18 +82,18 @@ def test_the_rename_table_is_one_to_one_and_round_trips():
     state = build_model(cfg).state_dict()
     v1 = rename_keys(state, reverse=True)
     assert len(v1) == len(state) and rename_keys(v1) == state
-    assert set(rename_keys(dict.fromkeys(V1_NAMES))) <= set(state)
+    assert set(rename_keys(dict.fromkeys(V1_NAMES))) <= set(state)  # v1 names map onto v3's
 
 
-def test_new_checkpoints_are_format_2_with_the_new_names(tmp_path):
+def test_new_checkpoints_are_format_3_with_the_new_names(tmp_path):
     cfg = tiny_config(4)
     model = perturb(build_model(cfg))
     path = save_checkpoint(tmp_path / "v2.safetensors", model, cfg)
     from safetensors.torch import load_file
 
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     _, state, meta = read_checkpoint(path)
-    assert meta["format_version"] == "2"
+    assert meta["format_version"] == "3"
     assert set(load_file(str(path))) == set(model.state_dict()) == set(state)
     assert "upsampler.out.weight" in state and "tail.weight" not in state
 
@@ -93,7 +110,7 @@ def test_a_v1_file_with_a_foreign_tensor_is_still_refused(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("scale", [4, 8, 16])
+@pytest.mark.parametrize("scale", [4])  # x8 and x16 are pipelines of the x4 network
 def test_the_builtin_v1_weights_load_with_no_missing_or_unexpected_keys(scale):
     import tomllib
 

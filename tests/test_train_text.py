@@ -16,9 +16,9 @@ from tests.synthetic import (KINDS, SHARED_TRAINING, caption_psnr, make_stripes_
                              train_tiny_text_model)
 
 # Measured (tests/synthetic.py ``SHARED_TRAINING``: 200 steps, batch 8, fp32; seeds 0/1/2): with
-# the true caption 50.4-52.2 dB, wrong caption 12.3 dB, no caption 16.8-19.1 dB; image-only model
-# ~15.4 dB. Thresholds far below the margins, far above noise (seed-to-seed spread: < 2 dB for the
-# text model; docs/text-path.md has the 300-step bf16 numbers of the earlier setup).
+# the true caption 45.3-47.5 dB, wrong caption 12.3 dB, no caption 16.7-19.0 dB; image-only model
+# ~15.4 dB (docs/text-path.md, with the ablation of each text path). Thresholds far below the
+# margins, far above noise (seed-to-seed spread: < 2.5 dB for the text model).
 MIN_MARGIN_DB = 10.0
 
 

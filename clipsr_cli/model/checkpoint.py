@@ -1,14 +1,18 @@
 """The clipsr checkpoint: one ``.safetensors`` file.
 
 Tensors: the generator's ``state_dict`` (CLIP is not copied in). Metadata (all strings):
-``format`` = "clipsr", ``format_version`` = "2", ``config`` = the JSON ``ModelConfig``,
+``format`` = "clipsr", ``format_version`` = "3", ``config`` = the JSON ``ModelConfig``,
 optional ``training`` = a JSON summary of how it was trained. Loading never unpickles.
 
 Format versions: 1 named the generator's parameters after its flat layout (``head``, ``down``,
 ``stages``, ``lift``, ``body``, ``body_conv``, ``up``, ``up_blocks``, ``tail``, ``prompt``,
 ``fu_norm``, ``fu_proj``); 2 names them after the paper's parts (``encoder``, ``refinement``,
 ``upsampler``, ``prompt_predictor``, ``fu_projection``). ``read_checkpoint`` renames version-1
-tensors with :data:`V1_RENAMES`, so every version loads into the current model.
+tensors with :data:`V1_RENAMES`. Version 3 changed the text path (prompt tokens stay in CLIP's
+sequence from block 2 on, CLIP sees the image through fixed-density windows, F_U is read out by
+cross-attention and joins every refinement level): image-only checkpoints of every version load
+unchanged (their networks did not change), text-conditioned ones of versions 1–2 are refused
+with a message (their text path cannot be rebuilt; retrain them).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from clipsr_cli.model.limits import checked_config
 from clipsr_cli.model.network import CLIPSR, build_model
 
 FORMAT = "clipsr"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: Version-1 tensor-name prefixes → version-2 ones (parameter order is the same in both).
 V1_RENAMES: tuple[tuple[str, str], ...] = (
@@ -101,6 +105,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     if version > FORMAT_VERSION:
         raise ModelError(f"{path} has checkpoint format {version}, newer than this clipsr "
                          f"understands ({FORMAT_VERSION}); upgrade clipsr")
+    if version < 3 and _names_a_clip(meta.get("config")):
+        raise ModelError(f"{path} is a text-conditioned model of checkpoint format {version}: its "
+                         f"text path (prompt insertion, CLIP view, F_U fusion) changed in format "
+                         f"{FORMAT_VERSION} and cannot be rebuilt; retrain it with this clipsr "
+                         "(image-only models of every format still load)")
     config = checked_config(meta.get("config", ""), rename_keys(tensors) if version < 2
                             else tensors, source=str(path))
     try:
@@ -114,6 +123,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     if version < 2:
         state = rename_keys(state)
     return config, state, meta
+
+
+def _names_a_clip(config_json: object) -> bool:
+    """Whether a stored config is text-conditioned (names a CLIP); False when unreadable (the
+    config check then says why)."""
+    try:
+        data = json.loads(config_json) if isinstance(config_json, str) else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("clip") is not None
 
 
 #: Largest safetensors header read, in bytes (clipsr's own are under 200 KB).

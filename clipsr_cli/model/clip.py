@@ -170,12 +170,19 @@ class ClipBackbone(nn.Module):
         """The visual transformer's residual blocks; each maps (B, L, width) → (B, L, width)."""
         return self.model.visual.transformer.resblocks
 
-    def embed_patches(self, img: torch.Tensor) -> torch.Tensor:
+    @property
+    def grid(self) -> int:
+        """g: the visual transformer sees g × g patch tokens."""
+        return self.image_size // self.model.visual.conv1.stride[0]
+
+    def embed_patches(self, img: torch.Tensor, *, prepared: bool = False) -> torch.Tensor:
         """Image in [0,1] → the token sequence (B, 1 + g², width) that enters the first block:
-        patch embeddings after the class token, plus positions, after ``ln_pre``. (Patch dropout,
-        a training-time option of open_clip, never runs: this CLIP is always in eval mode.)"""
+        patch embeddings after the class token, plus positions, after ``ln_pre``. ``prepared``:
+        ``img`` is already CLIP's input (resized and normalised, e.g. by
+        :func:`clipsr_cli.model.view.clip_view`). (Patch dropout, a training-time option of
+        open_clip, never runs: this CLIP is always in eval mode.)"""
         visual = self.model.visual
-        x = visual.conv1(self.preprocess(img))  # (B, width, g, g)
+        x = visual.conv1(img if prepared else self.preprocess(img))  # (B, width, g, g)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, g², width)
         cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1)
@@ -217,30 +224,46 @@ class ClipBackbone(nn.Module):
                 maps.append(self.token_map(x))
         return maps, self.pool(x).float()
 
+    def prompt_blocks(self, k: int) -> list[int]:
+        """The (0-based) block before which each of ``k`` prompt tokens enters: token i before
+        block min(i + 1, depth - 1), i.e. blocks 2 … K+1 in 1-based terms (ViT-B/32 with K = 8:
+        blocks 2–9, as CLIP-SR's authors); tokens beyond the depth all enter before the last."""
+        last = len(self.blocks) - 1
+        return [min(i + 1, last) for i in range(k)]
+
+    def prompted_sequence(self, x: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Run every block over the token sequence ``x`` (from :meth:`embed_patches`) with the
+        prompt tokens ``prompts`` (B, K, width) joining it as :meth:`prompt_blocks` says and
+        staying in it (later patch tokens attend to them). Returns the sequence after the last
+        block: (B, 1 + g² + K, width), the prompt tokens last."""
+        enter = self.prompt_blocks(0 if prompts is None else prompts.shape[1])
+        for i, blk in enumerate(self.blocks):
+            joining = [k for k, b in enumerate(enter) if b == i]
+            if joining:
+                x = torch.cat([x, prompts[:, joining[0]:joining[-1] + 1].to(x.dtype)], dim=1)
+            x = blk(x)
+        return x
+
     def visual_tokens(self, img: torch.Tensor, prompts: torch.Tensor | None = None,
                       return_layers: tuple[int, ...] | None = None):
-        """Run the visual transformer on an image in [0,1].
+        """Run the visual transformer on an image in [0,1] (squashed to CLIP's input size).
 
-        ``prompts`` (B, K, width): token k is appended before block k and removed after it.
-        Returns the patch-token map (B, width, g, g) after the last block that received a prompt
-        (after all blocks when there are no prompts), or, with ``return_layers``, a list of the
-        patch-token maps after each of those (1-based) blocks.
+        ``prompts`` (B, K, width): injected as :meth:`prompted_sequence` does. Returns the
+        patch-token map (B, width, g, g) after the last block, or, with ``return_layers`` (and no
+        prompts), a list of the patch-token maps after each of those (1-based) blocks.
         """
-        x = self.embed_patches(img)  # (B, 1+g², W)  (batch_first)
-        blocks = self.blocks
-        k = 0 if prompts is None else prompts.shape[1]
-        last = max(return_layers) if return_layers else (k if k else len(blocks))
-        g = int(round((x.shape[1] - 1) ** 0.5))
+        x = self.embed_patches(img)
+        g = self.grid
+        if not return_layers:
+            return _to_map(self.prompted_sequence(x, prompts), g)
+        if prompts is not None:
+            raise ModelError("visual_tokens: `return_layers` works without `prompts` only")
         outs = []
-        for i, blk in enumerate(blocks[:last]):
-            if i < k:
-                x = torch.cat([x, prompts[:, i:i + 1].to(x.dtype)], dim=1)
-                x = blk(x)[:, :-1]
-            else:
-                x = blk(x)
-            if return_layers and (i + 1) in return_layers:
+        for i, blk in enumerate(self.blocks[:max(return_layers)]):
+            x = blk(x)
+            if (i + 1) in return_layers:
                 outs.append(_to_map(x, g))
-        return outs if return_layers else _to_map(x, g)
+        return outs
 
     def encode_image(self, img: torch.Tensor) -> torch.Tensor:
         """CLIP image embedding (B, D) of an image in [0,1] (differentiable w.r.t. the image)."""

@@ -42,9 +42,18 @@ class ModelConfig:
     clip_image_size: int = 224
     """Input resolution of CLIP's visual transformer."""
     prompt_tokens: int = 8
-    """K: prompt tokens predicted from the text, one appended before each of the first K ViT blocks."""
+    """K: prompt tokens predicted from the text; token k joins CLIP's ViT before block k+1
+    (blocks 2 … K+1, capped at the last) and stays; every block runs."""
     fu_fusion: bool = True
-    """Fuse CLIP's text-aware visual features F_U into the refinement (ablation switch)."""
+    """Text path 1: fuse CLIP's text-aware visual features F_U into every level of the generator
+    (False: no F_U; an ablation switch)."""
+    tif_text: bool = True
+    """Text path 2: the text sets the γ, β of every TIFBlock (False: the TIFBlocks get no text;
+    an ablation switch)."""
+    clip_view: int = 48
+    """Side, in LR pixels, of the windows CLIP sees (``clipsr_cli.model.view``): one ViT token
+    covers clip_view / grid LR pixels. Training sets it to the LR patch side
+    (``data.patch_size``, 48 by default), so a training patch is exactly one window."""
     negative_slope: float = 0.2
     """LeakyReLU slope."""
 
@@ -57,6 +66,11 @@ class ModelConfig:
             raise ModelError("encoder_widths must not be empty")
         if self.clip is not None and (self.text_dim <= 0 or self.clip_width <= 0):
             raise ModelError("a CLIP-conditioned config needs text_dim and clip_width")
+        if self.clip is not None and not (self.fu_fusion or self.tif_text):
+            raise ModelError("a text-conditioned model needs a text path: `fu_fusion=True` or "
+                             "`tif_text=True`")
+        if self.clip_view < 1:
+            raise ModelError(f"`clip_view` must be a positive number of LR pixels, not {self.clip_view}")
 
     @property
     def num_up(self) -> int:

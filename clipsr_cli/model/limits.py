@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "clip_width": (0, 4096),
     "clip_image_size": (1, 4096),
     "prompt_tokens": (0, 64),
+    "clip_view": (1, 4096),
 }
 #: Most entries of ``encoder_widths`` (pyramid levels) and ``up_widths``.
 _MAX_LEVELS = {"encoder_widths": 8, "up_widths": 8}
@@ -75,8 +76,9 @@ def check_config(config: ModelConfig, *, source: str = "config") -> ModelConfig:
     if config.clip is not None and (not isinstance(config.clip, str)
                                     or not 0 < len(config.clip) <= _MAX_CLIP_SPEC):
         raise bad(f"clip must be a CLIP spec string or null, got {_short(config.clip)}")
-    if not isinstance(config.fu_fusion, bool):
-        raise bad(f"fu_fusion must be true or false, got {_short(config.fu_fusion)}")
+    for switch in ("fu_fusion", "tif_text"):
+        if not isinstance(getattr(config, switch), bool):
+            raise bad(f"{switch} must be true or false, got {_short(getattr(config, switch))}")
     slope = config.negative_slope
     if not isinstance(slope, (int, float)) or isinstance(slope, bool) or not (
             math.isfinite(slope) and 0 <= slope <= 1):

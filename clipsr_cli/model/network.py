@@ -7,13 +7,16 @@ Four parts, called by name in ``CLIPSR.forward``:
   lifting its level to the next finer one, then TIFBlocks at LR resolution;
 * the **upsampler** (``upsampler``): log2(s) pixel-shuffle ×2 stages, each followed by a TIFBlock,
   an output conv and a global bicubic skip;
-* the **text path**: the learned null embedding, the prompt predictor and the F_U projection
-  (``null_text``, ``prompt_predictor``, ``fu_projection``; see :mod:`clipsr_cli.model.prompt`).
+* the **text path**: the learned null embedding, the prompt predictor and the F_U read-out
+  (``null_text``, ``prompt_predictor``, ``fu_projection``; see :mod:`clipsr_cli.model.prompt`):
+  the text reaches the image through the TIFBlocks' γ, β (``tif_text``) and through F_U, CLIP's
+  prompted visual features added at every refinement level (``fu_fusion``).
 
 Inference contract (``CLIPSR.forward``): ``lr`` is (B, 3, h, w) float in [0, 1] on the model's
 device, h and w multiples of ``info.pad_multiple`` (the tiler pads); the result is
 (B, 3, s·h, s·w), *not* clamped. Text and CLIP-visual conditioning come from
-``CLIPSR.condition`` once per image, so that tiles of one image share them.
+``CLIPSR.condition`` once per image (in training: once per LR patch), so that tiles of one image
+share them; CLIP sees the image as :func:`clipsr_cli.model.view.clip_view` says.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch import nn
 from clipsr_cli.errors import ModelError
 from clipsr_cli.model.blocks import TIFBlock
 from clipsr_cli.model.config import ModelConfig, ModelInfo
-from clipsr_cli.model.prompt import Conditioning, FUProjection, PromptPredictor, place_fu
+from clipsr_cli.model.prompt import Conditioning, FUProjection, PromptPredictor
+from clipsr_cli.model.view import clip_view, sample_windows
 
 __all__ = ["CLIPSR", "Conditioning", "build_model"]
 
@@ -65,11 +69,16 @@ class IterativeRefinement(nn.Module):
         self.body = nn.ModuleList(TIFBlock(widths[0], cond_dim, slope) for _ in range(body_blocks))
         self.body_conv = nn.Conv2d(widths[0], widths[0], 3, padding=1)
 
-    def forward(self, x: torch.Tensor, feats: list[torch.Tensor], t: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, feats: list[torch.Tensor], t: torch.Tensor | None,
+                fuse=None) -> torch.Tensor:
+        """``fuse(level, x) -> x``: adds F_U at the start of every level (None: no F_U)."""
+        fuse = fuse or (lambda level, x: x)
+        x = fuse(len(self.stages), x)
         for i in range(len(self.stages), 0, -1):
             for blk in self.stages[i - 1]:
                 x = blk(x, t)
             x = F.leaky_relu(F.pixel_shuffle(self.lift[i - 1](x), 2), self.slope) + feats[i - 1]
+            x = fuse(i - 1, x)
         for blk in self.body:
             x = blk(x, t)
         return self.body_conv(x) + feats[0]
@@ -95,9 +104,13 @@ class Upsampler(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, lr: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        for conv, blk in zip(self.convs, self.blocks):
+    def forward(self, x: torch.Tensor, lr: torch.Tensor, t: torch.Tensor | None,
+                fuse=None) -> torch.Tensor:
+        """``fuse(stage, x) -> x``: adds F_U after each ×2 stage (stage 1 = 2× LR; None: no F_U)."""
+        for j, (conv, blk) in enumerate(zip(self.convs, self.blocks), start=1):
             x = F.leaky_relu(F.pixel_shuffle(conv(x), 2), self.slope)
+            if fuse is not None:
+                x = fuse(-j, x)
             x = blk(x, t)
         base = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return self.out(x) + base.to(x.dtype)
@@ -123,15 +136,16 @@ class CLIPSR(nn.Module):
         self.config = cfg = config
         widths = cfg.encoder_widths
         d = cfg.text_dim if cfg.text_conditioned else 0
+        d_tif = d if cfg.tif_text else 0
         slope = cfg.negative_slope
         self.encoder = ImageEncoder(widths, slope)
-        self.refinement = IterativeRefinement(widths, cfg.stage_blocks, cfg.body_blocks, d, slope)
-        self.upsampler = Upsampler(widths[0], cfg.up_widths[:cfg.num_up], cfg.scale, d, slope)
+        self.refinement = IterativeRefinement(widths, cfg.stage_blocks, cfg.body_blocks, d_tif, slope)
+        self.upsampler = Upsampler(widths[0], cfg.up_widths[:cfg.num_up], cfg.scale, d_tif, slope)
         if cfg.text_conditioned:
             null = torch.randn(d)
             self.null_text = nn.Parameter(null / null.norm())
             self.prompt_predictor = PromptPredictor(d, cfg.clip_width, cfg.prompt_tokens)
-            self.fu_projection = FUProjection(cfg.clip_width, widths[-1])
+            self.fu_projection = FUProjection(cfg.clip_width, widths + cfg.up_widths[:cfg.num_up], d)
         self._clip = None
         self._info = _describe(cfg, sum(p.numel() for p in self.parameters()))
 
@@ -144,11 +158,12 @@ class CLIPSR(nn.Module):
     def bytes_per_lr_pixel(self, elem_size: int = 4) -> int:
         """Rough peak activation memory per LR pixel of a tile (for choosing tile sizes)."""
         cfg, s = self.config, 1
-        peak = 6 * cfg.encoder_widths[0]
+        fu = cfg.text_conditioned and cfg.fu_fusion  # F_U is blended in fp32: 2 more maps
+        peak = 6 * cfg.encoder_widths[0] * elem_size + (8 * cfg.encoder_widths[0] if fu else 0)
         for w in cfg.up_widths[:cfg.num_up]:
             s *= 2
-            peak = max(peak, 6 * w * s * s)
-        return peak * elem_size + 3 * cfg.scale ** 2 * 4 * 3
+            peak = max(peak, 6 * w * s * s * elem_size + (8 * w * s * s if fu else 0))
+        return peak + 3 * cfg.scale ** 2 * 4 * 3
 
     # -- CLIP ----------------------------------------------------------------------------------
     def attach_clip(self, clip) -> None:
@@ -192,7 +207,8 @@ class CLIPSR(nn.Module):
 
     def condition(self, lr_full: torch.Tensor, text_emb: torch.Tensor | None = None,
                   *, null_mask: torch.Tensor | None = None) -> Conditioning:
-        """Per-image conditioning from the whole LR image and (optional) sentence embeddings.
+        """Per-image conditioning from the whole LR image (in training: the LR patch) and
+        (optional) sentence embeddings.
 
         ``text_emb``: (B, D) from ``text_embedding`` (or any CLIP-space vector; None → null text).
         ``null_mask``: (B,) bool, rows that use the learned null embedding (caption dropout).
@@ -209,13 +225,21 @@ class CLIPSR(nn.Module):
             if null_mask is not None:
                 t = torch.where(null_mask[:, None], null, t)
         t = F.normalize(t, dim=-1)
-        fu = None
-        if self.config.fu_fusion:
-            clip = self._need_clip()
-            prompts = self.prompt_predictor(t)
-            tokens = clip.visual_tokens(lr_full.float(), prompts.float())  # (B, W, g, g)
-            fu = self.fu_projection(tokens)
-        return Conditioning(t, fu, (h, w))
+        if not self.config.fu_fusion:
+            return Conditioning(t, None, (h, w))
+        clip = self._need_clip()
+        views, plan = clip_view(lr_full, self.config.clip_view, size=clip.image_size,
+                                mean=clip.mean, std=clip.std)
+        prompts = self.prompt_predictor(t).float().repeat_interleave(plan.count, dim=0)
+        t_win = t.repeat_interleave(plan.count, dim=0)
+        levels: list[list[torch.Tensor]] = [[] for _ in self.fu_projection.proj]
+        for i in range(0, views.shape[0], _CLIP_CHUNK):  # bounded memory for huge images
+            seq = clip.prompted_sequence(clip.embed_patches(views[i:i + _CLIP_CHUNK], prepared=True),
+                                         prompts[i:i + _CLIP_CHUNK])
+            for acc, m in zip(levels, self.fu_projection(seq, clip.grid, t_win[i:i + _CLIP_CHUNK])):
+                acc.append(m)
+        fu = tuple(torch.cat(acc).view(b, plan.count, *acc[0].shape[1:]) for acc in levels)
+        return Conditioning(t, fu, (h, w), plan)
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, lr: torch.Tensor, cond: Conditioning | None = None,
@@ -225,12 +249,22 @@ class CLIPSR(nn.Module):
         if cond is None:
             cond = self.condition(lr)
         feats = self.encoder(lr)
-        x = feats[-1]
-        if cond.fu is not None:  # F_U joins the refinement at the coarsest level
-            x = x + place_fu(cond.fu, offset, cond.full_size, x.shape[-2:],
-                             2 ** (len(feats) - 1)).to(x.dtype)
-        x = self.refinement(x, feats, cond.text)
-        return self.upsampler(x, lr, cond.text)
+        fuse = None
+        if cond.fu is not None:  # F_U joins every level, coarse to fine, LR/2^k … s·LR
+
+            def fuse(level: int, x: torch.Tensor) -> torch.Tensor:
+                # level k >= 0: pyramid level k (stride 2^k LR px); -j: upsampling stage j
+                fu = sample_windows(cond.fu[level if level >= 0 else n_enc - 1 - level],
+                                    cond.view, offset, x.shape[-2:], 2.0 ** level)
+                return x + fu.to(x.dtype)
+
+        n_enc = len(feats)
+        x = self.refinement(feats[-1], feats, cond.text, fuse)
+        return self.upsampler(x, lr, cond.text, fuse)
+
+
+#: CLIP windows per forward pass in ``condition``
+_CLIP_CHUNK = 64
 
 
 def build_model(config: ModelConfig, clip=None) -> CLIPSR:

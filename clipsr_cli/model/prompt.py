@@ -1,9 +1,16 @@
-"""The text path of the generator: prompt predictor, F_U projection and placement, conditioning.
+"""The text path of the generator: prompt predictor, F_U read-out, conditioning.
 
-The sentence embedding t modulates every TIFBlock (γ, β) directly. It also reaches the image a
-second way: the *prompt predictor* turns t into K prompt tokens for CLIP's visual transformer,
-whose text-aware patch tokens (F_U) are projected to the encoder's coarsest width and added to
-the coarsest features before the Iterative Refinement Module.
+The unit sentence embedding t reaches the image two ways, each of which can be switched off:
+
+* **TIFBlocks** (``ModelConfig.tif_text``): t predicts the channel-wise γ, β of every TIFBlock;
+* **F_U** (``ModelConfig.fu_fusion``): the *prompt predictor* turns t into K prompt tokens that
+  join CLIP's visual transformer from block 2 on and stay in its sequence, so the patch tokens of
+  every later block attend to them; CLIP sees the image through the windows of
+  :mod:`clipsr_cli.model.view`. The *F_U read-out* lets each patch token attend once more, with
+  learned weights, to all of CLIP's output tokens (patches and prompts), modulates the result by
+  the text (FiLM) and projects it to the width of every level of the generator: F_U is added at
+  each level of the Iterative Refinement Module (LR/4, LR/2, LR) and after each ×2 upsampling
+  stage, where the detail is drawn.
 """
 
 from __future__ import annotations
@@ -11,21 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from clipsr_cli.model.view import ViewPlan
 
-@dataclass
+
+@dataclass(frozen=True)
 class Conditioning:
     """Per-image conditioning, computed once and shared by every tile of that image."""
 
     text: torch.Tensor | None
-    """(B, D) unit-norm sentence embedding (the learned null embedding when no text), or None
-    for an image-only model."""
-    fu: torch.Tensor | None
-    """(B, C, g, g) text-aware CLIP visual features F_U (projected), or None."""
+    """(B, D) unit-norm sentence embedding for the TIFBlocks (the learned null embedding when no
+    text), or None for an image-only model."""
+    fu: tuple[torch.Tensor, ...] | None
+    """F_U per level: the pyramid levels (LR/2^k, k = 0 first), then the upsampling stages (2^j·LR,
+    j = 1 first); each (B, n, C_i, g, g), one g × g map per CLIP window of ``view``. None without
+    the F_U path."""
     full_size: tuple[int, int]
-    """(H, W) of the whole LR image, for placing F_U under a tile."""
+    """(H, W) of the whole LR image."""
+    view: ViewPlan | None = None
+    """The CLIP windows ``fu`` was computed on."""
 
 
 class PromptPredictor(nn.Module):
@@ -48,30 +60,32 @@ class PromptPredictor(nn.Module):
 
 
 class FUProjection(nn.Module):
-    """CLIP patch-token map (B, W, g, g) → F_U (B, C, g, g): LayerNorm then a linear map that
-    starts at zero (a fresh model ignores CLIP)."""
+    """CLIP's output sequence (and the text) → F_U at every pyramid level.
 
-    def __init__(self, clip_width: int, channels: int):
+    LayerNorm; one cross-attention of the patch tokens over all output tokens (patch and prompt
+    tokens; residual); a FiLM by the text, (1 + γ(t))·h + β(t); one linear map per level. The
+    per-level maps start at zero (a fresh model ignores CLIP): they are the last layer of the
+    branch, so their gradient is non-zero from the first step and everything before them learns
+    from the second.
+    """
+
+    def __init__(self, clip_width: int, widths: tuple[int, ...], text_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(clip_width)
-        self.proj = nn.Linear(clip_width, channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.attn = nn.MultiheadAttention(clip_width, max(1, clip_width // 64), batch_first=True)
+        self.film = nn.Sequential(nn.Linear(text_dim, clip_width), nn.GELU(),
+                                  nn.Linear(clip_width, 2 * clip_width))
+        self.proj = nn.ModuleList(nn.Linear(clip_width, w) for w in widths)
+        for p in self.proj:
+            nn.init.zeros_(p.weight)
+            nn.init.zeros_(p.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(tokens.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-
-
-def place_fu(fu: torch.Tensor, offset: tuple[int, int], full: tuple[int, int],
-             size: tuple[int, int], stride: int) -> torch.Tensor:
-    """Bilinearly sample the F_U grid (which covers the whole LR image) at the centres of the
-    coarse-level pixels of a tile. Pointwise in absolute coordinates, so tiles agree exactly."""
-    h, w = size
-    dev = fu.device
-    ys = offset[0] + stride * torch.arange(h, device=dev, dtype=torch.float32) + (stride - 1) / 2
-    xs = offset[1] + stride * torch.arange(w, device=dev, dtype=torch.float32) + (stride - 1) / 2
-    gy = (ys + 0.5) / full[0] * 2 - 1
-    gx = (xs + 0.5) / full[1] * 2 - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # (h, w, 2) as (x, y)
-    grid = grid.unsqueeze(0).expand(fu.shape[0], -1, -1, -1)
-    return F.grid_sample(fu.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    def forward(self, seq: torch.Tensor, grid: int, t: torch.Tensor) -> list[torch.Tensor]:
+        """``seq`` (N, 1 + g² + K, width), ``t`` (N, D) → per level (N, C_i, g, g)."""
+        x = self.norm(seq)
+        patches, context = x[:, 1:1 + grid * grid], x[:, 1:]
+        h = patches + self.attn(patches, context, context, need_weights=False)[0]
+        gamma, beta = self.film(t.to(h.dtype)).unsqueeze(1).chunk(2, dim=-1)
+        h = h * (1 + gamma) + beta
+        n = seq.shape[0]
+        return [p(h).transpose(1, 2).reshape(n, -1, grid, grid) for p in self.proj]

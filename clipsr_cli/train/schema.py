@@ -38,7 +38,8 @@ class ConfigUsageError(ConfigError, UsageError):
 
 #: ``ModelConfig`` fields that are not ``[model]`` keys, and where each comes from.
 MODEL_KEYS_ELSEWHERE = {"scale": "data.scale", "clip": "run.clip", "text_dim": "the CLIP",
-                        "clip_width": "the CLIP", "clip_image_size": "the CLIP"}
+                        "clip_width": "the CLIP", "clip_image_size": "the CLIP",
+                        "clip_view": "data.patch_size"}  # a training patch is one CLIP window
 
 
 def _model_section() -> type:
@@ -66,9 +67,10 @@ def model_section(mcfg: ModelConfig) -> dict[str, Any]:
 
 
 def model_config(cfg: "TrainConfig", clip=None) -> ModelConfig:
-    """The generator's ``ModelConfig``: ``[model]``, the scale, and the CLIP's dimensions
-    (``prompt_tokens`` capped at the CLIP's depth)."""
+    """The generator's ``ModelConfig``: ``[model]``, the scale, ``clip_view`` = the LR patch side,
+    and the CLIP's dimensions (``prompt_tokens`` capped at the CLIP's depth)."""
     kw = model_section(cfg.model)
+    kw["clip_view"] = cfg.data.patch_size  # CLIP sees a patch as it sees images (model/view.py)
     if clip is None:
         return ModelConfig(**kw, scale=cfg.data.scale)
     kw["prompt_tokens"] = min(kw["prompt_tokens"], clip.visual_layers)
