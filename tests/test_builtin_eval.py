@@ -18,15 +18,26 @@ runner = CliRunner()
 WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
 
 
-@pytest.mark.parametrize("scale", [4, 8, 16])
-def test_builtin_file_matches_registry_sha256_and_size(scale):
+def test_builtin_file_matches_registry_sha256_and_size():
     from clipsr_cli.hub.registry import load_registry
 
-    entry = load_registry().get(f"clipsr-lite-x{scale}")
+    entry = load_registry().get("clipsr-lite-x4")
     data = (WEIGHTS / entry.file).read_bytes()
     assert hashlib.sha256(data).hexdigest() == entry.sha256
     assert len(data) == entry.size and len(data) < 10.5e6
-    assert entry.scale == scale and not entry.text_guided
+    assert entry.scale == 4 and not entry.text_guided
+    assert sorted(p.name for p in WEIGHTS.glob("*.safetensors")) == ["clipsr-lite-x4.safetensors"]
+
+
+def test_builtin_x8_and_x16_are_pipelines_of_the_x4_network():
+    from clipsr_cli.hub.registry import load_registry
+
+    reg = load_registry()
+    assert reg.get("clipsr-lite-x8").stages == ("clipsr-lite-x4", "bicubic:2")
+    assert reg.get("clipsr-lite-x16").stages == ("clipsr-lite-x4", "clipsr-lite-x4")
+    for s in (8, 16):
+        e = reg.get(f"clipsr-lite-x{s}")
+        assert e.kind == "pipeline" and e.scale == s and not e.text_guided and not e.file
 
 
 def test_models_lists_builtins_as_installed():
@@ -43,7 +54,8 @@ def test_builtin_models_describe_themselves():
     for s in (4, 8, 16):
         up = Upscaler.load(scale=s, device="cpu")
         assert up.scale == s and not up.info.text_conditioned
-        assert up.model.checkpoint_meta["format"] == "clipsr"
+        assert up.model.checkpoint_meta["format"] == "clipsr"  # the x4 network in every one
+        assert up.info.parameters == Upscaler.load(scale=4, device="cpu").info.parameters
 
 
 def _smooth_photo(seed, size=(96, 80)):

@@ -248,9 +248,10 @@ def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):
 
 
 def test_output_too_large_for_memory_is_a_clear_error(tmp_path, tiny_ckpt, monkeypatch):
-    from clipsr_cli.infer import engine
+    from clipsr_cli.infer import base, engine
 
     monkeypatch.setattr(engine, "_available_memory", lambda device: 1 << 20)  # 1 MiB
+    monkeypatch.setattr(base, "_available_memory", lambda device: 1 << 20)  # the output check
     src = _photo(tmp_path / "in.png", size=(64, 64))
     r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(16))])
     _bad(r, "GiB", tmp_path, ["in.png"])

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # what the wheel is built from: the package and the files pyproject.toml names (a copy, so that
 # the build never writes build/ or *.egg-info into the checkout, and no stale build/lib leaks in)
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "clipsr_cli")
-WEIGHTS = ("clipsr-lite-x4", "clipsr-lite-x8", "clipsr-lite-x16")
+WEIGHTS = ("clipsr-lite-x4",)  # the built-in x8 and x16 are pipelines of it (models.toml)
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:

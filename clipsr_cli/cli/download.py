@@ -30,6 +30,11 @@ def format_size(n: int | None) -> str:
 
 def _status_label(entry, status: str) -> str:
     if status == "installed":
+        if entry.kind == "pipeline":
+            from clipsr_cli.hub.store import pipeline_stages
+
+            built_in = all(e.source == "package" for e in pipeline_stages(entry))
+            return "built-in" if built_in else "yes"
         return "built-in" if entry.source == "package" else "yes"
     return {"missing": "no", "damaged": "damaged", "unverified": "unverified"}[status]
 
@@ -82,12 +87,24 @@ def download_bar() -> Iterator[_Bar | None]:
 
 
 def _size(entry) -> int | None:
+    if entry.kind == "pipeline":
+        return None
     if entry.size is not None:
         return entry.size
     from clipsr_cli.hub.store import installed_path
 
     p = installed_path(entry)
     return p.stat().st_size if p.is_file() else None
+
+
+def _files_of(entries, store) -> list:
+    """Entries with files: each pipeline replaced by its stages, duplicates dropped."""
+    out: list = []
+    for e in entries:
+        for f in (store.pipeline_stages(e) if e.kind == "pipeline" else [e]):
+            if f not in out:
+                out.append(f)
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -144,7 +161,8 @@ def register(app: typer.Typer) -> None:
             return
 
         if verify:
-            checked = entries or [e for e in reg if store.install_status(e) != "missing"]
+            checked = _files_of(entries, store) or [
+                e for e in reg if e.kind != "pipeline" and store.install_status(e) != "missing"]
             bad = []
             for e in checked:
                 r = store.verify(e)
@@ -174,6 +192,7 @@ def register(app: typer.Typer) -> None:
                     info(f"skipping {e.name} (not usable by CLIP-SR); name it to download it")
         if not entries:
             ctx.fail("name one or more models (see 'clipsr models'), or use --all or --list")
+        entries = _files_of(entries, store)  # a pipeline is fetched as its stages
         failed: list[tuple[str, ClipsrError]] = []
         for e in entries:
             if not force and store.install_status(e) == "installed":

@@ -33,7 +33,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable
 
-from clipsr_cli.errors import DownloadError, log
+from clipsr_cli.errors import DownloadError, ModelError, log
 from clipsr_cli.hub.registry import ModelEntry
 from clipsr_cli.hub.store import (
     check_installed, check_package, install, installed_path, locked, part_path, rmdir_if_empty,
@@ -124,6 +124,9 @@ def ensure(entry: ModelEntry, *, offline: bool | None = None, force: bool = Fals
     Raises ``DownloadError`` (offline and missing, every mirror failed, hash mismatch, the
     installed file is damaged) or ``ModelError`` (a built-in file is missing or damaged).
     """
+    if entry.kind == "pipeline":
+        raise ModelError(f"{entry.name!r} is a pipeline of other models and has no file; fetch "
+                         "its stages (store.pipeline_stages)")
     if entry.source == "package":
         return check_package(entry)
     path = installed_path(entry)

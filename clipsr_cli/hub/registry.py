@@ -32,7 +32,7 @@ from clipsr_cli.errors import ModelError, log
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
 
-Kind = Literal["generator", "clip", "spandrel"]
+Kind = Literal["generator", "clip", "spandrel", "pipeline"]
 Source = Literal["url", "package"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -53,15 +53,17 @@ class ModelEntry:
     digits and ``. _ + -``; no ``/`` or ``:`` so that it never looks like a path or a CLIP spec."""
     kind: Kind
     """``"generator"`` (a clipsr checkpoint), ``"clip"`` (a CLIP backbone for open_clip) or
-    ``"spandrel"`` (a third-party SR checkpoint run through spandrel: Real-ESRGAN, SwinIR, …)."""
+    ``"spandrel"`` (a third-party SR checkpoint run through spandrel: Real-ESRGAN, SwinIR, …) or
+    ``"pipeline"`` (no file of its own: ``stages`` run one after the other)."""
     description: str
     """One line for ``clipsr models``."""
     license: str
     """License of the weights (SPDX id or a short phrase)."""
-    file: str
+    file: str = ""
     """File name (no directories). Generators must be ``.safetensors``; spandrel entries
-    ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` (read with ``weights_only``, never unpickled)."""
-    sha256: str
+    ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` (read with ``weights_only``, never unpickled).
+    Pipelines have none."""
+    sha256: str = ""
     """Lower-case hex sha256 of the file; authoritative, checked after every download."""
     size: int | None = None
     """Size in bytes, checked on every use; optional (then the size seen at verification is
@@ -82,6 +84,9 @@ class ModelEntry:
     weights: str | None = None
     """CLIP entries: the weights tag this file provides (``openai``); ``ARCH:WEIGHTS`` then
     resolves to this entry."""
+    stages: tuple[str, ...] = ()
+    """Pipelines: what runs, in order: registered model names, or ``"bicubic:N"`` (a MATLAB-style
+    bicubic ×N resize, N = 2, 3 or 4). The scales multiply to ``scale``, checked when loaded."""
     origin: str = field(default="", compare=False)
     """The registry file this entry came from (not a TOML key)."""
 
@@ -98,6 +103,8 @@ class ModelEntry:
 
 _FIELDS = {f.name: f for f in fields(ModelEntry) if f.name != "origin"}
 _REQUIRED = ("name", "kind", "description", "license", "file", "sha256")
+_PIPELINE_REQUIRED = ("name", "kind", "description", "license", "scale", "stages")
+_RESIZE_RE = re.compile(r"^bicubic:([234])$")
 _TOP_LEVEL = {"model"}
 
 
@@ -115,6 +122,8 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise bad(f"unknown keys {unknown} (allowed: {sorted(_FIELDS)})")
+    if raw.get("kind") == "pipeline":
+        return _parse_pipeline(raw, bad, origin)
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise bad(f"missing keys {missing}")
@@ -126,7 +135,7 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
         raise bad("'name' may only contain letters, digits and . _ + - (no '/' or ':')")
     kind, source = raw["kind"], raw.get("source", "url")
     if kind not in ("generator", "clip", "spandrel"):
-        raise bad(f"'kind' must be 'generator', 'clip' or 'spandrel', not {kind!r}")
+        raise bad(f"'kind' must be 'generator', 'clip', 'spandrel' or 'pipeline', not {kind!r}")
     if source not in ("url", "package"):
         raise bad(f"'source' must be 'url' or 'package', not {source!r}")
     file = raw["file"]
@@ -187,6 +196,42 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
                       license=raw["license"], file=file, sha256=sha, size=size, urls=tuple(urls),
                       source=source, scale=scale, text_guided=text_guided, clip=raw.get("clip"),
                       arch=raw.get("arch"), weights=raw.get("weights"), origin=origin)
+
+
+def _parse_pipeline(raw: dict, bad, origin: str) -> ModelEntry:
+    missing = [k for k in _PIPELINE_REQUIRED if k not in raw]
+    if missing:
+        raise bad(f"missing keys {missing}")
+    for key in ("file", "sha256", "size", "urls", "source", "clip", "arch", "weights"):
+        if key in raw:
+            raise bad(f"{key!r} is not for pipeline entries (a pipeline has no file of its own)")
+    for key in ("name", "description", "license"):
+        if not isinstance(raw[key], str):
+            raise bad(f"{key!r} must be a string")
+    if not _NAME_RE.match(raw["name"]):
+        raise bad("'name' may only contain letters, digits and . _ + - (no '/' or ':')")
+    scale = raw["scale"]
+    if scale not in SCALES or isinstance(scale, bool):
+        raise bad(f"'scale' must be one of {list(SCALES)}")
+    stages = raw["stages"]
+    if (not isinstance(stages, list) or not stages
+            or not all(isinstance(s, str) and s for s in stages)):
+        raise bad("'stages' must be a non-empty list of model names or \"bicubic:N\"")
+    if raw.get("text_guided"):
+        raise bad("a pipeline is image-only: 'text_guided' must be false or absent")
+    if _RESIZE_RE.match(stages[0]):
+        raise bad("a pipeline starts with a model, not a resize")
+    if raw["name"] in stages:
+        raise bad("a pipeline cannot contain itself")
+    return ModelEntry(name=raw["name"], kind="pipeline", description=raw["description"],
+                      license=raw["license"], scale=scale, text_guided=False,
+                      stages=tuple(stages), origin=origin)
+
+
+def resize_factor(stage: str) -> int | None:
+    """N for a ``"bicubic:N"`` pipeline stage, else None (a model name)."""
+    m = _RESIZE_RE.match(stage)
+    return int(m.group(1)) if m else None
 
 
 def parse_registry_file(path: str | os.PathLike) -> tuple[ModelEntry, ...]:
@@ -327,7 +372,7 @@ def default_model(scale: int) -> str:
     """The name of the built-in model for ``scale`` (``clipsr-lite-x{scale}``)."""
     name = f"clipsr-lite-x{scale}"
     entry = load_registry().find(name)
-    if entry is None or entry.kind != "generator" or entry.scale != scale:
+    if entry is None or entry.kind not in ("generator", "pipeline") or entry.scale != scale:
         raise ModelError(f"no built-in model for scale {scale}x in this clipsr; pass a "
                          "registered name (see 'clipsr models') or a .safetensors file as "
                          "`model`")
@@ -336,5 +381,5 @@ def default_model(scale: int) -> str:
 
 __all__ = [
     "ModelEntry", "Registry", "load_registry", "parse_registry_file", "registry_files",
-    "cache_dir", "user_registry_path", "default_model", "BUILTIN_REGISTRY",
+    "cache_dir", "user_registry_path", "default_model", "resize_factor", "BUILTIN_REGISTRY",
 ]

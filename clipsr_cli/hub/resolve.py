@@ -44,6 +44,9 @@ def resolve_model(name_or_path: str, *, offline: bool | None = None,
                              "safetensors files (it never unpickles .pt/.pth weights)")
         return p
     entry = reg.get(s)
+    if entry.kind == "pipeline":
+        raise ModelError(f"{entry.name!r} is a pipeline of other models ({' → '.join(entry.stages)}), "
+                         "not one checkpoint; load it with Upscaler.load")
     if entry.kind == "clip":
         raise ModelError(f"{entry.name!r} is a CLIP backbone, not an upscaling model; choose a "
                          "generator from 'clipsr models'")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from clipsr_cli.errors import DownloadError, InputError, ModelError, log
-from clipsr_cli.hub.registry import ModelEntry, cache_dir
+from clipsr_cli.hub.registry import ModelEntry, cache_dir, load_registry, resize_factor
 from clipsr_cli.io.atomic import atomic_write_bytes
 
 PACKAGE_WEIGHTS = Path(__file__).parent.parent / "weights"
@@ -85,9 +85,32 @@ def _damaged(entry: ModelEntry, path: Path, why: str) -> DownloadError:
 Status = Literal["installed", "missing", "damaged", "unverified"]
 
 
+def pipeline_stages(entry: ModelEntry) -> list[ModelEntry]:
+    """The registered models a pipeline runs (its ``bicubic:N`` steps left out), in order;
+    ``ModelError`` when a stage is unknown or is not an upscaling model."""
+    reg, out = load_registry(), []
+    for stage in entry.stages:
+        if resize_factor(stage) is not None:
+            continue
+        e = reg.find(stage)
+        if e is None or e.kind not in ("generator", "spandrel"):
+            what = "unknown" if e is None else f"a {e.kind}, not an upscaling model"
+            raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): stage {stage!r} is "
+                             f"{what}; fix the registry file")
+        out.append(e)
+    return out
+
+
 def install_status(entry: ModelEntry) -> Status:
     """Cheap status for listings (no hashing): installed (size and marker agree), missing,
-    damaged (wrong size), unverified (present but not yet hashed; checked on first use)."""
+    damaged (wrong size), unverified (present but not yet hashed; checked on first use).
+    A pipeline is as installed as the least installed of its stages."""
+    if entry.kind == "pipeline":
+        states = {install_status(e) for e in pipeline_stages(entry)}
+        for s in ("damaged", "missing", "unverified"):
+            if s in states:
+                return s  # type: ignore[return-value]
+        return "installed"
     path = installed_path(entry)
     try:
         st = path.stat()

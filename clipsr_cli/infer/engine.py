@@ -18,20 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError, ModelError, UsageError, log
-from clipsr_cli.hub.registry import default_model
+from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, resize_factor
 from clipsr_cli.hub.resolve import clip_weights_path, resolve_model
 from clipsr_cli.infer.devices import available_memory as _available_memory
+from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
 from clipsr_cli.infer.devices import resolve_device, resolve_precision
+from clipsr_cli.infer.pipeline import Pipeline
 from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
-from clipsr_cli.io import images as imageio
-from clipsr_cli.io.images import LoadedImage
 from clipsr_cli.model.checkpoint import load_checkpoint
 from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
 from clipsr_cli.model.config import ModelInfo
 from clipsr_cli.model.foreign import is_foreign_file, load_foreign
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-ProgressFn = Callable[[int, int], None]
 
 __all__ = ["Upscaler", "EngineSettings", "load_clip_backbone", "parse_tiling", "upscale_alpha",
            "resolve_device", "resolve_precision"]
@@ -73,7 +72,7 @@ class EngineSettings:
     tile_overlap: int
 
 
-class Upscaler:
+class Upscaler(Engine):
     """Loads a model (and its CLIP) once and upscales images.
 
     >>> up = Upscaler.load(scale=4)                       # built-in default for ×4
@@ -112,6 +111,10 @@ class Upscaler:
             if scale is None:
                 raise ModelError("no model given; pass a model name/path or a scale")
             model = default_model(scale)
+        entry = _registered_pipeline(str(model))
+        if entry is not None:  # e.g. the built-in ×16: the ×4 network twice
+            return _load_pipeline(cls, entry, scale=scale, device=dev, precision=precision,
+                                  tile=tile, tile_overlap=tile_overlap)
         path = _resolve_model_path(str(model))
         if is_foreign_file(path):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
             net = load_foreign(path, device=dev)
@@ -228,65 +231,6 @@ class Upscaler:
                 band = band[:, :, :h * s - y0, :w * s].clamp_(0, 1)
                 yield y0, band
 
-    def upscale_tensor(self, lr: torch.Tensor, text: str | None = None, *,
-                       text_embedding: torch.Tensor | None = None,
-                       progress: ProgressFn | None = None) -> torch.Tensor:
-        """(1, 3, H, W) in [0, 1] → (1, 3, s·H, s·W) float32 in [0, 1] on the CPU."""
-        h, w = lr.shape[-2:]
-        out = torch.empty(1, 3, h * self.scale, w * self.scale)
-        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
-            out[:, :, y0:y0 + band.shape[2]] = band.cpu()
-        return out
-
-    def upscale_array(self, lr: torch.Tensor, text: str | None = None, *, bit_depth: int = 8,
-                      text_embedding: torch.Tensor | None = None,
-                      progress: ProgressFn | None = None) -> np.ndarray:
-        """Like ``upscale_tensor`` but returns a quantised (s·H, s·W, 3) uint8/uint16 array, filled
-        band by band: a 192-megapixel output needs 0.6 GB (uint8), not 2.3 GB of float32."""
-        h, w = lr.shape[-2:]
-        h, w = int(h), int(w)
-        need = h * w * self.scale ** 2 * 3 * (2 if bit_depth == 16 else 1)
-        avail = _available_memory(torch.device("cpu"))
-        if need > 0.8 * avail:
-            raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
-                             f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
-                             "available; use a smaller scale or crop the image")
-        dtype, maxv = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
-        out = np.empty((h * self.scale, w * self.scale, 3), dtype=dtype)
-        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
-            q = band[0].mul_(maxv).round_().permute(1, 2, 0).cpu()  # in place: no extra copy
-            out[y0:y0 + q.shape[0]] = q.numpy()  # numpy casts while copying
-        return out
-
-    def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None):
-        """Upscale a PIL image (→ PIL image; alpha kept, upscaled separately) or a
-        (1, 3, H, W) / (3, H, W) tensor in [0, 1] (→ tensor of the same rank)."""
-        if isinstance(image, torch.Tensor):
-            squeeze = image.ndim == 3
-            x = image.unsqueeze(0) if squeeze else image
-            out = self.upscale_tensor(x, text, progress=progress)
-            return out[0] if squeeze else out
-        from PIL import Image
-
-        if not isinstance(image, Image.Image):
-            raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
-                             "PIL image or a tensor")
-        loaded = imageio.from_pil(image)
-        rgb, alpha = self.upscale_image(loaded, text, progress=progress)
-        return imageio.to_pil(rgb, alpha, bit_depth=loaded.bit_depth, grayscale=loaded.grayscale,
-                              icc_profile=loaded.icc_profile)
-
-    def upscale_image(self, image: LoadedImage, text: str | None = None, *,
-                      text_embedding: torch.Tensor | None = None,
-                      progress: ProgressFn | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
-        """Upscale a decoded image: colour through the network (a (s·H, s·W, 3) array at the
-        image's bit depth) and alpha, if any, on its own (bicubic, see :func:`upscale_alpha`)."""
-        rgb = self.upscale_array(image.rgb, text, bit_depth=image.bit_depth,
-                                 text_embedding=text_embedding, progress=progress)
-        alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
-        return rgb, alpha
-
-
 _PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -304,10 +248,41 @@ def _supported_dtype(info: ModelInfo, dtype: torch.dtype, precision: str, name: 
                      "`precision='auto'`", param="precision")
 
 
-def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
-    """Alpha is upscaled on its own (bicubic, clamped), never through the colour network."""
-    return F.interpolate(alpha.float(), scale_factor=scale, mode="bicubic",
-                         align_corners=False).clamp_(0, 1)
+def _registered_pipeline(model: str) -> ModelEntry | None:
+    if os.sep in model or "/" in model or model.lower().endswith(_CHECKPOINT_SUFFIXES):
+        return None
+    entry = load_registry().find(model)
+    return entry if entry is not None and entry.kind == "pipeline" else None
+
+
+def _load_pipeline(cls, entry: ModelEntry, *, scale: int | None, **engine) -> Pipeline:
+    """A registered pipeline: each model stage loaded once (stages naming the same model share
+    it), ``bicubic:N`` steps as resize factors; the scales must multiply to the entry's."""
+    loaded: dict[str, Upscaler] = {}
+    stages: list[Upscaler | int] = []
+    for name in entry.stages:
+        factor = resize_factor(name)
+        if factor is not None:
+            stages.append(factor)
+            continue
+        if name not in loaded:
+            sub = load_registry().find(name)
+            if sub is None or sub.kind not in ("generator", "spandrel"):
+                raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): stage {name!r} is not "
+                                 "a registered upscaling model; fix the registry file")
+            loaded[name] = cls.load(name, **engine)
+        stages.append(loaded[name])
+    pipe = Pipeline(stages, name=entry.name)
+    if pipe.scale != entry.scale:
+        raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): its stages upscale "
+                         f"×{pipe.scale}, but the entry says ×{entry.scale}; fix the registry file")
+    if scale is not None and pipe.scale != scale:
+        raise ModelError(f"model {entry.name} upscales ×{pipe.scale}, not ×{scale}; drop `scale` "
+                         f"or pick a ×{scale} model (see 'clipsr models')")
+    return pipe
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
 
 def _resolve_model_path(model: str) -> Path:

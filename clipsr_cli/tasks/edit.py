@@ -170,7 +170,7 @@ def require_text_model(model: str | None, scale: int | None) -> str:
 
         raise _refusal(f"{default_model(scale or 4)} (the default)", scale)
     entry = load_registry().find(model)
-    if entry is not None and entry.kind == "generator" and entry.text_guided is False:
+    if entry is not None and entry.kind in ("generator", "pipeline", "spandrel") and not entry.text_guided:
         raise _refusal(model, scale)
     return model
 

@@ -1,0 +1,103 @@
+"""What every engine offers on top of its ``bands``: tensors, quantised arrays, decoded images
+and PIL images in and out, alpha upscaled on its own.
+
+An engine (:class:`~clipsr_cli.infer.engine.Upscaler`, :class:`~clipsr_cli.infer.pipeline.Pipeline`)
+defines ``scale`` and ``bands(lr, text, *, text_embedding, progress)``, which yields finished
+output row bands ``(y0, band)``: float32 in [0, 1], (1, 3, rows, s·W). Everything here is built
+on that, so a 192-megapixel output is filled band by band and never held in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipsr_cli.errors import InputError
+from clipsr_cli.infer.devices import available_memory as _available_memory
+from clipsr_cli.io import images as imageio
+from clipsr_cli.io.images import LoadedImage
+
+ProgressFn = Callable[[int, int], None]
+
+__all__ = ["Engine", "ProgressFn", "upscale_alpha"]
+
+
+class Engine:
+    """The shared output side of the engines (subclasses define ``scale`` and ``bands``)."""
+
+    scale: int
+
+    def bands(self, lr: torch.Tensor, text: str | None = None, *,
+              text_embedding: torch.Tensor | None = None,
+              progress: ProgressFn | None = None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def upscale_tensor(self, lr: torch.Tensor, text: str | None = None, *,
+                       text_embedding: torch.Tensor | None = None,
+                       progress: ProgressFn | None = None) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1] → (1, 3, s·H, s·W) float32 in [0, 1] on the CPU."""
+        h, w = lr.shape[-2:]
+        out = torch.empty(1, 3, h * self.scale, w * self.scale)
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+            out[:, :, y0:y0 + band.shape[2]] = band.cpu()
+        return out
+
+    def upscale_array(self, lr: torch.Tensor, text: str | None = None, *, bit_depth: int = 8,
+                      text_embedding: torch.Tensor | None = None,
+                      progress: ProgressFn | None = None) -> np.ndarray:
+        """Like ``upscale_tensor`` but returns a quantised (s·H, s·W, 3) uint8/uint16 array, filled
+        band by band: a 192-megapixel output needs 0.6 GB (uint8), not 2.3 GB of float32."""
+        h, w = lr.shape[-2:]
+        h, w = int(h), int(w)
+        need = h * w * self.scale ** 2 * 3 * (2 if bit_depth == 16 else 1)
+        avail = _available_memory(torch.device("cpu"))
+        if need > 0.8 * avail:
+            raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
+                             f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
+                             "available; use a smaller scale or crop the image")
+        dtype, maxv = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=dtype)
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+            q = band[0].mul_(maxv).round_().permute(1, 2, 0).cpu()  # in place: no extra copy
+            out[y0:y0 + q.shape[0]] = q.numpy()  # numpy casts while copying
+        return out
+
+    def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None):
+        """Upscale a PIL image (→ PIL image; alpha kept, upscaled separately) or a
+        (1, 3, H, W) / (3, H, W) tensor in [0, 1] (→ tensor of the same rank)."""
+        if isinstance(image, torch.Tensor):
+            squeeze = image.ndim == 3
+            x = image.unsqueeze(0) if squeeze else image
+            out = self.upscale_tensor(x, text, progress=progress)
+            return out[0] if squeeze else out
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
+                             "PIL image or a tensor")
+        loaded = imageio.from_pil(image)
+        rgb, alpha = self.upscale_image(loaded, text, progress=progress)
+        return imageio.to_pil(rgb, alpha, bit_depth=loaded.bit_depth, grayscale=loaded.grayscale,
+                              icc_profile=loaded.icc_profile)
+
+    def upscale_image(self, image: LoadedImage, text: str | None = None, *,
+                      text_embedding: torch.Tensor | None = None,
+                      progress: ProgressFn | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Upscale a decoded image: colour through the network (a (s·H, s·W, 3) array at the
+        image's bit depth) and alpha, if any, on its own (bicubic, see :func:`upscale_alpha`)."""
+        rgb = self.upscale_array(image.rgb, text, bit_depth=image.bit_depth,
+                                 text_embedding=text_embedding, progress=progress)
+        alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
+        return rgb, alpha
+
+
+
+def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
+    """Alpha is upscaled on its own (bicubic, clamped), never through the colour network."""
+    return F.interpolate(alpha.float(), scale_factor=scale, mode="bicubic",
+                         align_corners=False).clamp_(0, 1)
+
+
