@@ -31,6 +31,10 @@ def register(app: typer.Typer) -> None:
                                             "manifest, birds, celeba or coco.")] = "auto",
         split: Annotated[str, typer.Option(help="Split for layouts that have one.")] = "test",
         limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate at most N images.")] = None,
+        resizer: Annotated[str, typer.Option(
+            "--resizer", help="How the LR is made from each HR image: matlab (MATLAB bicubic, "
+            "the training degradation), pil-bicubic or lanczos (Pillow), to check that the "
+            "model does not depend on one resizer.")] = "matlab",
         report: Annotated[Optional[str], typer.Option(
             help="Write per-image and mean scores to FILE.json or FILE.csv.")] = None,
         device: o.Device = "auto",
@@ -43,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from clipsr_cli.cli.console import configure, info, tile_progress
+        from clipsr_cli.cli.console import configure, info, tile_progress, warn
         from clipsr_cli.tasks.evaluate import evaluate, write_report
         from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
@@ -53,8 +57,9 @@ def register(app: typer.Typer) -> None:
                            tile=tile, tile_overlap=None)
         with tile_progress(f"eval ×{up.scale}") as progress:
             rep = evaluate(upscaler=up, data=data, text=text, captions=captions, format=format,
-                           split=split, limit=limit, progress=progress)
-        table = Table(title=f"{up.name} ×{up.scale} on {data} (Y channel, border {up.scale})")
+                           split=split, limit=limit, resizer=resizer, progress=progress)
+        table = Table(title=f"{up.name} ×{up.scale} on {data} (Y channel, border {up.scale}, "
+                            f"LR by {rep.resizer})")
         for col in ("image", "bicubic dB", "model dB", "gain dB", "bicubic SSIM", "model SSIM",
                     "RGB dB (bic → model)"):
             table.add_column(col, justify="left" if col == "image" else "right")
@@ -76,6 +81,11 @@ def register(app: typer.Typer) -> None:
         table.add_row(*row, style="bold")
         Console(width=max(120, Console().width)).print(table)  # the result: stdout
         info(f"improved over bicubic on {rep.improved}/{len(rep.images)} images")
+        if rep.flagged:
+            warn(f"invented texture (worse than bicubic on smooth regions) in "
+                 f"{len(rep.flagged)}/{len(rep.images)} images: {', '.join(rep.flagged)}")
+        else:
+            info("smooth-region check: no invented texture")
         for note in rep.notes:
             info(note)
         if report:

@@ -1,9 +1,12 @@
 """``clipsr eval``: the standard SR protocol on your own HR images, bicubic beside the model.
 
 For every HR image: crop to a multiple of the scale, LR = the training degradation (MATLAB
-bicubic, antialiased, 8-bit), bicubic baseline = MATLAB bicubic upscale of that LR, model output
-through the inference engine. Metrics (``clipsr_cli.data.metrics``): PSNR and SSIM on the Y channel
-(ITU-R BT.601) with ``scale`` pixels of border cropped, plus RGB PSNR. Deterministic.
+bicubic, antialiased, 8-bit; or, with ``resizer``, Pillow's bicubic or Lanczos downscale of the
+8-bit HR, to check that a model does not depend on one resizer), bicubic baseline = MATLAB bicubic
+upscale of that LR, model output through the inference engine. Metrics
+(``clipsr_cli.data.metrics``): PSNR and SSIM on the Y channel (ITU-R BT.601) with ``scale`` pixels
+of border cropped, plus RGB PSNR, and the smooth-region check (``clipsr_cli.data.smooth``: is the
+output worse than bicubic where the scene is smooth, i.e. does it invent texture?). Deterministic.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipsr_cli.data.datasets import open_dataset
+from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
+from clipsr_cli.data.metrics import psnr, ssim
+from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import DataError, InputError, UsageError
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 CSV_FIELDS = ("name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
-              "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score")
+              "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score",
+              "smooth_fraction", "smooth_delta", "invented_texture")
+RESIZERS = ("matlab", "pil-bicubic", "lanczos")
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,12 @@ class ImageScores:
     bicubic_psnr_rgb: float
     model_psnr_rgb: float
     clip_score: float | None = None
+    smooth_fraction: float = 0.0
+    """Share of the image the smooth-region check judged (smooth HR blocks)."""
+    smooth_delta: float | None = None
+    """Model minus bicubic Y-PSNR on those blocks (None: none)."""
+    invented_texture: bool = False
+    """The smooth-region check flagged the output (worse than bicubic where the scene is smooth)."""
 
     @property
     def gain(self) -> float:
@@ -45,6 +60,7 @@ class EvalReport:
     model: str
     scale: int
     data: str
+    resizer: str = "matlab"
     images: list[ImageScores] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -56,21 +72,27 @@ class EvalReport:
     def improved(self) -> int:
         return sum(1 for i in self.images if i.gain > 0)
 
+    @property
+    def flagged(self) -> list[str]:
+        """Images whose output the smooth-region check flagged (invented texture)."""
+        return [i.name for i in self.images if i.invented_texture]
+
     def summary(self) -> dict:
         keys = ("bicubic_psnr", "model_psnr", "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb",
                 "model_psnr_rgb", "clip_score")
         out = {k: self.mean(k) for k in keys}
         out["gain"] = out["model_psnr"] - out["bicubic_psnr"]
         out["improved"] = f"{self.improved}/{len(self.images)}"
+        out["invented_texture"] = f"{len(self.flagged)}/{len(self.images)}"
         return out
 
     def to_json(self) -> dict:
         """The JSON report (NaN, a metric that could not be computed, is written as null)."""
         rows = [dict(asdict(i), gain=i.gain) for i in self.images]
         return {"version": REPORT_VERSION, "model": self.model, "scale": self.scale,
-                "data": self.data,
+                "data": self.data, "resizer": self.resizer,
                 "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both images "
-                            f"8-bit, border {self.scale} px cropped",
+                            f"8-bit, border {self.scale} px cropped; LR by {self.resizer}",
                 "mean": self.summary(), "images": rows, "notes": self.notes}
 
     def csv_rows(self) -> list[dict]:
@@ -87,14 +109,26 @@ def _to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def _lr_of(hr: torch.Tensor, scale: int, resizer: str) -> torch.Tensor:
+    """The LR image of ``hr`` (8-bit, (1, 3, h/s, w/s)) made by ``resizer``."""
+    if resizer == "matlab":
+        return degrade(hr, scale)
+    from PIL import Image
+
+    arr = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    im = Image.fromarray(arr)
+    filt = Image.Resampling.BICUBIC if resizer == "pil-bicubic" else Image.Resampling.LANCZOS
+    small = im.resize((im.width // scale, im.height // scale), filt)
+    return _to_tensor(small)
+
+
 def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
              captions: str | os.PathLike | None = None, format: str = "auto", split: str = "test",
-             limit: int | None = None, progress=None) -> EvalReport:
+             limit: int | None = None, resizer: str = "matlab", progress=None) -> EvalReport:
     """Score ``upscaler`` against bicubic on the HR images of ``data``."""
-    from clipsr_cli.data.datasets import open_dataset
-    from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
-    from clipsr_cli.data.metrics import psnr, ssim
-
+    if resizer not in RESIZERS:
+        raise UsageError(f"`resizer` must be one of {', '.join(RESIZERS)}, not {resizer!r}",
+                         param="resizer")
     if text and captions:
         raise UsageError("use either `text` or `captions`, not both", param="captions")
     source = open_dataset(data, format, split=split)
@@ -104,7 +138,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
 
         table = CaptionTable.load(captions)
     s = upscaler.scale
-    report = EvalReport(model=upscaler.name, scale=s, data=str(data))
+    report = EvalReport(model=upscaler.name, scale=s, data=str(data), resizer=resizer)
     text_model = upscaler.info.text_conditioned
     n = len(source) if limit is None else min(limit, len(source))
     clip_note = None
@@ -126,9 +160,10 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             report.notes.append(f"skipped {sample.path.name}: too small for ×{s} ({img.size[0]}×"
                                 f"{img.size[1]})")
             continue
-        lr = degrade(hr, s)
+        lr = _lr_of(hr, s, resizer)
         bic = imresize(lr, s).clamp(0, 1)
         sr = upscaler.upscale_tensor(lr, caption if text_model else None)
+        smooth = smooth_region_check(sr, hr, bic, border=s)
         clip_score = None
         if text_model and caption:
             clip_score = _clip_score(upscaler, sr, caption)
@@ -138,7 +173,8 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             bicubic_ssim=float(ssim(bic, hr, border=s)), model_ssim=float(ssim(sr, hr, border=s)),
             bicubic_psnr_rgb=float(psnr(bic, hr, border=s, y_channel=False)),
             model_psnr_rgb=float(psnr(sr, hr, border=s, y_channel=False)),
-            clip_score=clip_score))
+            clip_score=clip_score, smooth_fraction=smooth.fraction, smooth_delta=smooth.delta_db,
+            invented_texture=smooth.flagged))
         if progress is not None:
             progress(i + 1, n)
     if not report.images:
