@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
                  "- (paths on stdin).")],
         output: Annotated[str, typer.Option(
             "--output", "-o", show_default=False,
-            help="Output folder (created if missing). Outputs are named <stem>_x<s>.<ext>.")],
+            help="Output folder (created if missing). Outputs are named <stem>_x<s>.<ext> "
+                 "(see --outscale, --width).")],
         recursive: Annotated[bool, typer.Option(
             "--recursive", "-r", help="Walk subfolders and mirror the tree under -o.")] = False,
         glob: Annotated[Optional[str], typer.Option(
@@ -45,18 +46,29 @@ def register(app: typer.Typer) -> None:
             "--keep-going/--fail-fast", help="On a file that cannot be processed: report it and "
             "go on (default), or stop the run.")] = True,
         shard: Annotated[Optional[str], typer.Option(
-            "--shard", metavar="K/N", help="Process only shard K of N "
-            "(1-based; by a hash of each file's relative path), e.g. for job arrays.")] = None,
+            "--shard", metavar="K/N|auto", help="Process only shard K of N (1-based; by a hash "
+            "of each file's relative path), e.g. for job arrays. auto: K/N from SLURM_ARRAY_TASK_ID"
+            " (job arrays), JOB_COMPLETION_INDEX + CLIPSR_SHARD_COUNT (Kubernetes indexed Jobs) or "
+            "RANK/WORLD_SIZE (torchrun; the default when WORLD_SIZE > 1).")] = None,
         format: o.Format = None,
         suffix: o.Suffix = None,
         quality: o.Quality = 95,
         report: Annotated[Optional[str], typer.Option(
             "--report", metavar="FILE.json", help="Write the summary and every file's outcome "
-            "as JSON.")] = None,
+            "as JSON. {shard} in the name becomes KofN (one report per shard, e.g. under "
+            "torchrun).")] = None,
         io_threads: Annotated[int, typer.Option(
             "--io-threads", min=0, max=64, help="Background threads for decoding and for "
             "encoding (0: everything in one thread).")] = 2,
+        batch_size: Annotated[int, typer.Option(
+            "--batch-size", metavar="B", help="Images of the same size that go through the "
+            "network together, when they fit untiled (worth it on a GPU; on a CPU one at a time "
+            "is as fast).")] = 1,
         scale: o.Scale = None,
+        outscale: o.Outscale = None,
+        width: o.Width = None,
+        height: o.Height = None,
+        passes: o.Passes = 1,
         model: o.Model = None,
         device: o.Device = "auto",
         precision: o.PrecisionOpt = "auto",
@@ -75,7 +87,8 @@ def register(app: typer.Typer) -> None:
         those of a run still writing (with --skip-existing, two runs can share one -o).
 
         Written outputs are printed on stdout, one per line; progress and the summary go to
-        stderr. Exit status: 0 every image succeeded (or was skipped), 1 error before the run
+        stderr. Under torchrun each process takes its share of the files (RANK/WORLD_SIZE) and,
+        with --device auto, its own GPU (cuda:LOCAL_RANK). Exit status: 0 every image succeeded (or was skipped), 1 error before the run
         (bad input, model), 2 usage error, 3 some images failed, 130 interrupted.
         """
         from clipsr_cli.cli.batch_view import BatchView, print_summary
@@ -92,7 +105,8 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite, fail_fast=not keep_going, shard=shard, format=format,
                 suffix=suffix, quality=quality, io_threads=io_threads, model=model, scale=scale,
                 device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                on_event=view)
+                outscale=outscale, width=width, height=height, passes=passes,
+                batch_size=batch_size, on_event=view)
         finally:
             view.close()
         print_summary(result, err_console)

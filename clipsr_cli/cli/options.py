@@ -36,3 +36,17 @@ OverwriteInput = Annotated[bool, typer.Option(
     "--overwrite-input", help="Allow the output to be the input file itself (replaced).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks on errors.")]
+Outscale = Annotated[Optional[float], typer.Option(
+    "--outscale", metavar="F", help="Output F× the input size (any number >= 1, e.g. 2.5): the "
+    "model's result resized (Lanczos). Above the model's scale it is resized up unless --passes "
+    "runs the model again. Names: <stem>_x<F>.", show_default=False)]
+Width = Annotated[Optional[int], typer.Option(
+    "--width", metavar="W", help="Output W pixels wide; the height keeps the aspect ratio. With "
+    "--height: exactly W×H, refused if that would stretch the image by more than 1 px. Names: "
+    "<stem>_w<W> (<stem>_<W>x<H> with both).", show_default=False)]
+Height = Annotated[Optional[int], typer.Option(
+    "--height", metavar="H", help="Output H pixels high; the width keeps the aspect ratio. "
+    "Names: <stem>_h<H>.", show_default=False)]
+Passes = Annotated[int, typer.Option(
+    "--passes", metavar="N", help="Run the model N times (×s^N), e.g. --outscale 10 --passes 2 "
+    "with a ×4 model: ×16, then resized down to ×10.")]

@@ -16,8 +16,12 @@ def register(app: typer.Typer) -> None:
         input: o.Input,
         output: Annotated[Optional[str], typer.Option(
             "--output", "-o", help="Output file or directory, or - for stdout. Default: "
-            "<stem>_x<s>.<ext> beside the input.")] = None,
+            "<stem>_x<s>.<ext> beside the input (see --outscale, --width).")] = None,
         scale: o.Scale = None,
+        outscale: o.Outscale = None,
+        width: o.Width = None,
+        height: o.Height = None,
+        passes: o.Passes = 1,
         text: o.Text = None,
         model: o.Model = None,
         device: o.Device = "auto",
@@ -43,6 +47,7 @@ def register(app: typer.Typer) -> None:
                                 device=device, precision=precision, tile=tile,
                                 tile_overlap=tile_overlap, format=format, quality=quality,
                                 overwrite=overwrite, overwrite_input=overwrite_input,
-                                suffix=suffix, progress=progress)
+                                suffix=suffix, outscale=outscale, width=width, height=height,
+                                passes=passes, progress=progress)
         if dest is not None:
             typer.echo(str(dest))  # the result, on stdout

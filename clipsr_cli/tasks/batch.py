@@ -1,9 +1,12 @@
 """``batch``: many images, one model load.
 
-* Inputs, shards and captions: :mod:`clipsr_cli.tasks.sources` (re-exported here).
-* :func:`plan_jobs`: destinations (the output policy's names, :mod:`clipsr_cli.io.outputs`).
-* :func:`execute`: the model loads once; decoding and encoding run on background threads so the
-  model never waits on I/O; a file that fails is reported and the run goes on (unless
+* Inputs, shards (``shard='auto'`` from the scheduler's variables) and captions:
+  :mod:`clipsr_cli.tasks.sources`; destinations and what is decided before the model runs:
+  :mod:`clipsr_cli.tasks.batch_plan` (both re-exported here).
+* :func:`execute`: the model loads once; decoding, resizing to the asked size
+  (:mod:`clipsr_cli.tasks.outsize`) and encoding run on background threads so the model never
+  waits on I/O; same-size images go through the network together (``batch_size``,
+  :mod:`clipsr_cli.infer.batching`); a file that fails is reported and the run goes on (unless
   ``fail_fast``).
 * :func:`run_batch` ties them together; the model is not loaded at all when there is nothing to
   do. Temporary files a killed run left behind are removed (only stale ones:
@@ -16,46 +19,34 @@ and notes through :data:`clipsr_cli.errors.log`; the CLI draws them.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, TextIO
+from typing import Mapping, Sequence, TextIO
 
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError, log
 from clipsr_cli.io.atomic import remove_stale_temporaries
 from clipsr_cli.io.outputs import output_path_for
+from clipsr_cli.tasks.batch_plan import Job, checkpoint_scale, plan, plan_jobs
 from clipsr_cli.tasks.batch_report import (EXISTS, REPORT_VERSION, BatchEvent, BatchResult,
                                            EventFn, FileResult, write_report)
+from clipsr_cli.tasks.outsize import OutputSize, beyond_note
 from clipsr_cli.tasks.sources import (CaptionFn, Discovery, Source, caption_source, discover,
-                                      images_below, parse_shard, shard_of, sidecar_caption)
+                                      images_below, local_device, parse_shard, resolve_shard,
+                                      shard_from_env, shard_of, sidecar_caption)
 
 __all__ = ["BatchEvent", "BatchResult", "CaptionFn", "Discovery", "FileResult", "Job",
            "REPORT_VERSION", "Source", "caption_source", "discover", "execute", "parse_shard",
-           "plan_jobs", "run_batch", "shard_of", "sidecar_caption", "write_report"]
+           "plan_jobs", "run_batch", "shard_from_env", "shard_of", "sidecar_caption",
+           "write_report"]
 
 #: Decoded inputs waiting for the model, and encoded outputs waiting for the disk, per I/O thread.
 _QUEUE_PER_THREAD = 2
 #: Upscaled images (quantised arrays) that may wait for the writer threads, in bytes; at least
 #: one always may, whatever its size.
 _MAX_PENDING_WRITE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class Job:
-    source: Source
-    dest: Path
-
-
-def plan_jobs(sources: Iterable[Source], *, output_dir: str | os.PathLike, scale: int,
-              format: str | None = None, suffix: str | None = None) -> list[Job]:
-    """Destination of each source: OUTPUT_DIR / rel.parent / ``<stem>_x<scale>.<ext>``."""
-    out = Path(output_dir)
-    return [Job(s, out / s.rel.parent / output_path_for(s.rel.name, scale, format=format,
-                                                        suffix=suffix).name) for s in sources]
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -96,29 +87,39 @@ def _read(job: Job, captions: CaptionFn | None):
     return image, (captions(job.source) if captions is not None else None)
 
 
-def _write(job: Job, rgb, alpha, image, *, quality: int, overwrite: bool) -> Path:
+def _write(job: Job, rgb, alpha, image, *, quality: int, overwrite: bool,
+           size: tuple[int, int] | None = None) -> Path:
+    """Resize to ``size`` (width, height) if asked, encode, write (on a writer thread)."""
     from clipsr_cli.io.images import write_image
+    from clipsr_cli.tasks.outsize import resize_output
 
+    if size is not None:
+        rgb, alpha = resize_output(rgb, alpha, size)
     job.dest.parent.mkdir(parents=True, exist_ok=True)
     return write_image(job.dest, rgb, alpha, like=image, quality=quality, overwrite=overwrite)
 
 
 def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quality: int = 95,
             overwrite: bool = False, skip_existing: bool = False, fail_fast: bool = False,
-            io_threads: int = 2, on_event: EventFn | None = None
-            ) -> tuple[list[FileResult], bool]:
+            io_threads: int = 2, batch_size: int = 1, size: OutputSize | None = None,
+            on_event: EventFn | None = None) -> tuple[list[FileResult], bool]:
     """Upscale ``jobs`` with the loaded ``up``: returns (results in job order, interrupted).
 
-    With ``io_threads`` > 0, reading + decoding (and the caption) of the next files and encoding +
-    writing of finished ones run on two pools of that many threads, with bounded queues, while
-    the model works in this thread. With 0 everything runs here, one step after the other.
+    With ``io_threads`` > 0, reading + decoding (and the caption) of the next files and
+    resizing + encoding + writing of finished ones run on two pools of that many threads, with
+    bounded queues, while the model works in this thread. With 0 everything runs here, one step
+    after the other. Up to ``batch_size`` consecutive images of one size that fit untiled go
+    through the network together (:func:`~clipsr_cli.infer.batching.batch_limit`); a batch
+    that fails is retried one image at a time. ``size``: the output size asked for.
     A file that fails is recorded and the run goes on, unless ``fail_fast``; then (and on
     Ctrl-C) files not started are recorded as ``not-run``. With ``skip_existing`` an output
     that another process wrote meanwhile is ``skipped``, never replaced.
     """
+    from clipsr_cli.infer.batching import batch_limit, upscale_images
+
     emit = on_event or (lambda event: None)
     errors = _file_errors()
-    depth = max(1, io_threads * _QUEUE_PER_THREAD)
+    depth = max(1, io_threads * _QUEUE_PER_THREAD, 2 * batch_size if batch_size > 1 else 0)
     readers = ThreadPoolExecutor(io_threads, "clipsr-read") if io_threads else _Inline()
     writers = ThreadPoolExecutor(io_threads, "clipsr-write") if io_threads else _Inline()
     results: dict[int, FileResult] = {}
@@ -165,37 +166,90 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
                 return
             reads.append((nxt[0], readers.submit(_read, nxt[1], captions)))
 
+    def take():
+        """The next decoded job as (i, image, caption, output size), or None (recorded)."""
+        i, fut = reads.popleft()
+        fill()
+        caption = None
+        try:
+            image, caption = fut.result()
+            if skip_existing and jobs[i].dest.exists():
+                record(i, appeared(i, caption))
+                return None
+            target = size.target(*image.size, name=image.source) if size is not None else None
+        except errors as e:
+            record(i, FileResult(*entry(i), "failed", _reason(e), caption))
+            collect(block=False)
+            return None
+        return i, image, caption, target
+
+    def run_one(item):
+        i, image, caption, _ = item
+        name = jobs[i].source.rel.as_posix()
+        emit(BatchEvent("file", name=name))
+        return up.upscale_image(image, caption, progress=lambda d, t, n=name: emit(
+            BatchEvent("tiles", name=n, done=d, total=t)))
+
+    def run(group) -> list:
+        """[(item, rgb, alpha, seconds) | (item, exception)] for a group of items."""
+        t0 = time.perf_counter()
+        if len(group) > 1:
+            for item in group:
+                emit(BatchEvent("file", name=jobs[item[0]].source.rel.as_posix()))
+            try:
+                outs = upscale_images(up, [g[1] for g in group], [g[2] for g in group])
+                secs = (time.perf_counter() - t0) / len(group)
+                return [(g, rgb, alpha, secs) for g, (rgb, alpha) in zip(group, outs)]
+            except errors:  # e.g. out of memory as a batch: one at a time
+                pass
+        done = []
+        for item in group:
+            t0 = time.perf_counter()
+            try:
+                rgb, alpha = run_one(item)
+            except errors as e:
+                done.append((item, e))
+            else:
+                done.append((item, rgb, alpha, time.perf_counter() - t0))
+        return done
+
+    def submit(item, rgb, alpha, secs) -> None:
+        nonlocal pending_bytes
+        i, image, caption, target = item
+        nbytes = rgb.nbytes + (alpha.numel() * 4 if alpha is not None else 0)
+        while writes and (len(writes) >= depth
+                          or pending_bytes + nbytes > _MAX_PENDING_WRITE_BYTES):
+            collect(block=True)
+        writes.append((i, writers.submit(_write, jobs[i], rgb, alpha, image, quality=quality,
+                                         overwrite=overwrite, size=target),
+                       nbytes, caption, secs))
+        pending_bytes += nbytes
+
     emit(BatchEvent("start", total=len(jobs)))
+    carry = None  # an image taken while gathering a batch that did not fit in it
     try:
         fill()
-        while reads and not stop:
-            i, fut = reads.popleft()
-            job = jobs[i]
-            fill()
-            caption = None
-            name = job.source.rel.as_posix()
-            try:
-                image, caption = fut.result()
-                if skip_existing and job.dest.exists():
-                    record(i, appeared(i, caption))
-                    continue
-                emit(BatchEvent("file", name=name))
-                t0 = time.perf_counter()
-                rgb, alpha = up.upscale_image(image, caption, progress=lambda d, t, n=name: emit(
-                    BatchEvent("tiles", name=n, done=d, total=t)))
-                secs = time.perf_counter() - t0
-            except errors as e:
-                record(i, FileResult(*entry(i), "failed", _reason(e), caption))
-                collect(block=False)
+        while (reads or carry is not None) and not stop:
+            item, carry = (carry if carry is not None else take()), None
+            if item is None:
                 continue
-            nbytes = rgb.nbytes + (alpha.numel() * 4 if alpha is not None else 0)
-            while writes and (len(writes) >= depth
-                              or pending_bytes + nbytes > _MAX_PENDING_WRITE_BYTES):
-                collect(block=True)
-            writes.append((i, writers.submit(_write, job, rgb, alpha, image, quality=quality,
-                                             overwrite=overwrite), nbytes, caption, secs))
-            pending_bytes += nbytes
-            del rgb, alpha, image
+            group = [item]
+            h, w = item[1].rgb.shape[-2:]
+            limit = batch_limit(up, int(h), int(w), batch_size)
+            while len(group) < limit and reads and not stop:
+                nxt = take()
+                if nxt is not None and nxt[1].rgb.shape[-2:] == (h, w):
+                    group.append(nxt)
+                elif nxt is not None:
+                    carry = nxt
+                    break
+            for out in run(group):
+                if len(out) == 2:
+                    record(out[0][0], FileResult(*entry(out[0][0]), "failed", _reason(out[1]),
+                                                 out[0][2]))
+                else:
+                    submit(*out)
+            del group, item
             collect(block=False)
         while writes:
             collect(block=True)
@@ -216,56 +270,13 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
     return ordered, interrupted
 
 
-def _checkpoint_scale(model: str) -> int | None:
-    """The scale stored in a ``.safetensors`` checkpoint's header (without loading weights),
-    so that a run with nothing left to do never loads the model; None if not readable here
-    (loading the model then reports what is wrong)."""
-    p = Path(model).expanduser()
-    if p.suffix != ".safetensors" or not p.is_file():
-        return None
-    try:
-        with open(p, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < (64 << 20):
-                return None
-            header = json.loads(f.read(n))
-        scale = json.loads(header["__metadata__"]["config"])["scale"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return scale if isinstance(scale, int) else None
+def _process_device(device: str, env: Mapping[str, str]) -> str:
+    """One GPU per process under ``torchrun`` (``LOCAL_RANK``) when ``device='auto'``."""
+    if str(device).strip().lower() != "auto" or "LOCAL_RANK" not in env:
+        return device
+    import torch
 
-
-def _plan(found: Discovery, every: list[Job], result: BatchResult, *, shard, skip_existing: bool,
-          overwrite: bool) -> list[Job]:
-    """Decide each job before the model runs: to do, skipped, refused or in another shard."""
-    outputs = {j.dest.resolve() for j in every}
-    todo: list[Job] = []
-    claimed: dict[Path, str] = {}
-    for job in every:
-        src = job.source.path.resolve()
-        if src in outputs:  # an output of this batch (from an earlier run into the same folder)
-            result.ignored.append(str(job.source.path))
-            continue
-        if shard is not None and shard_of(job.source.rel, shard[1]) != shard[0]:
-            result.other_shards += 1
-            continue
-        dest = job.dest.resolve()
-        entry = (str(job.source.path), str(job.dest))
-        if dest == src:
-            result.files.append(FileResult(*entry, "failed", "the output would replace the "
-                                           "input; pass `suffix` or another `output`"))
-        elif dest in claimed:
-            result.files.append(FileResult(*entry, "failed", f"same output as {claimed[dest]}; "
-                                           "rename one of them or process them separately"))
-        elif job.dest.exists() and not overwrite:
-            if skip_existing:
-                result.files.append(FileResult(*entry, "skipped", "output exists"))
-            else:
-                result.files.append(FileResult(*entry, "failed", EXISTS, exists=True))
-        else:
-            todo.append(job)
-        claimed.setdefault(dest, str(job.source.path))
-    return todo
+    return local_device(device, env, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive: bool = False,
@@ -276,7 +287,9 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
               suffix: str | None = None, quality: int = 95, io_threads: int = 2,
               model: str | None = None, scale: int | None = None, device: str = "auto",
               precision: str = "auto", tile: str | int = "auto", tile_overlap: int | None = None,
-              upscaler=None, stdin: TextIO | None = None,
+              outscale: float | None = None, width: int | None = None,
+              height: int | None = None, passes: int = 1, batch_size: int = 1,
+              upscaler=None, stdin: TextIO | None = None, env: Mapping[str, str] | None = None,
               on_event: EventFn | None = None) -> BatchResult:
     """Upscale every image of ``inputs`` into ``output_dir``; never raises for one bad file.
 
@@ -286,8 +299,15 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
     loaded from ``model`` etc., and only if some file needs it). Raises UsageError for option
     values that can never work, InputError / DataError / ModelError for problems of the whole
     run (a missing input argument, a bad caption file, a model that cannot load).
+
+    ``outscale`` / ``width`` / ``height``: any output size (:mod:`clipsr_cli.tasks.outsize`);
+    ``passes``: the model runs that many times; ``batch_size``: same-size images per forward
+    pass. ``shard='auto'`` (the default when ``WORLD_SIZE`` > 1) and ``device='auto'`` with
+    ``LOCAL_RANK`` read ``env`` (default: the process environment), see
+    :func:`~clipsr_cli.tasks.sources.shard_from_env` and
+    :func:`~clipsr_cli.tasks.sources.local_device`.
     """
-    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, load_upscaler
+    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_passes, load_upscaler
 
     emit = on_event or (lambda event: None)
     if skip_existing and overwrite:
@@ -297,7 +317,16 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
         raise UsageError("`io_threads` must be 0 or more", param="io_threads")
     check_options(scale=scale, device=device, precision=precision, tile=tile,
                   tile_overlap=tile_overlap, format=format, quality=quality)
-    shard = parse_shard(shard) if shard is not None else None
+    check_passes(passes)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
+                         param="batch_size")
+    size = OutputSize.parse(outscale=outscale, width=width, height=height)
+    if suffix is None and size is not None:
+        suffix = size.suffix
+    env = os.environ if env is None else env
+    shard = resolve_shard(shard, env)
+    device = _process_device(device, env)
     if suffix is not None:
         output_path_for("x.png", 1, suffix=suffix)  # a bad suffix fails before any work
     out = Path(output_dir).expanduser()
@@ -305,17 +334,21 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
         raise InputError(f"output {out} is a file; `output` takes a folder")
     caption_fn = caption_source(text=text, captions=captions, caption_sidecar=caption_sidecar)
     found = discover(inputs, recursive=recursive, glob=glob, exclude=out, stdin=stdin)
-    result = BatchResult(ignored=[str(p) for p in found.ignored])
+    result = BatchResult(ignored=[str(p) for p in found.ignored], shard=shard)
     result.files.extend(FileResult(m, None, "failed", f"{m} does not exist; check the list")
                         for m in found.missing)
 
     def load():
         return load_upscaler(model=model, scale=scale, device=device, precision=precision,
-                             tile=tile, tile_overlap=tile_overlap)
+                             tile=tile, tile_overlap=tile_overlap, passes=passes)
 
     up = upscaler
-    planned_scale = up.scale if up is not None else (
-        scale or (DEFAULT_SCALE if model is None else _checkpoint_scale(model)))
+    if up is not None and passes > 1:
+        from clipsr_cli.infer.pipeline import Pipeline
+
+        up = Pipeline.repeat(up, passes)
+    base = scale or (DEFAULT_SCALE if model is None else checkpoint_scale(model))
+    planned_scale = up.scale if up is not None else (base ** passes if base else None)
     if planned_scale is None:
         up = load()
         planned_scale = up.scale
@@ -324,7 +357,7 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
 
     every = plan_jobs(found.sources, output_dir=out, scale=planned_scale, format=format,
                       suffix=suffix)
-    todo = _plan(found, every, result, shard=shard, skip_existing=skip_existing,
+    todo = plan(found, every, result, shard=shard, skip_existing=skip_existing,
                  overwrite=overwrite)
     in_shard = [Path(f.output) for f in result.files if f.output] + [j.dest for j in todo]
     result.stale_removed = len(remove_stale_temporaries(in_shard))
@@ -350,11 +383,13 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
         raise InputError(f"model scale ×{up.scale} differs from the planned ×{planned_scale}")
     if caption_fn is not None and not up.info.text_conditioned:
         log.warning(f"model {up.name} is not text-conditioned; the captions are ignored")
+    if (note := beyond_note(size, up.scale)) is not None:
+        log.info(note)
     t0 = time.perf_counter()
     done, result.interrupted = execute(todo, up, captions=caption_fn, quality=quality,
                                        overwrite=overwrite, skip_existing=skip_existing,
                                        fail_fast=fail_fast, io_threads=io_threads,
-                                       on_event=on_event)
+                                       batch_size=batch_size, size=size, on_event=on_event)
     result.seconds = time.perf_counter() - t0
     result.files.extend(done)
     result.stopped = (fail_fast and not result.interrupted

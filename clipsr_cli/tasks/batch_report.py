@@ -66,6 +66,7 @@ class BatchResult:
     stale_removed: int = 0  # temporary files of a killed run, deleted
     model: str | None = None
     scale: int | None = None
+    shard: tuple[int, int] | None = None  # (K, N): this run's share of the files
     seconds: float = 0.0  # wall time of the processing (after the model loaded)
     interrupted: bool = False  # Ctrl-C
     stopped: bool = False  # `fail_fast` stopped at the first failure
@@ -96,6 +97,7 @@ class BatchResult:
         """The report; ``words`` rewrites the reasons (the CLI: to its flags)."""
         ips = self.images_per_second
         return {"version": REPORT_VERSION, "model": self.model, "scale": self.scale,
+                "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
                 "counts": self.counts(), "seconds": round(self.seconds, 3),
                 "images_per_second": round(ips, 3) if ips else None,
                 "interrupted": self.interrupted, "stopped_by_fail_fast": self.stopped,
@@ -104,7 +106,11 @@ class BatchResult:
 
 def write_report(path: str | os.PathLike, result: BatchResult, *,
                  words: Callable[[str], str] = lambda s: s) -> Path:
-    """The summary and every file's outcome as strict JSON (atomic; replaces an old report)."""
+    """The summary and every file's outcome as strict JSON (atomic; replaces an old report).
+    ``{shard}`` in ``path`` becomes ``KofN`` (one report per process of a sharded run)."""
     from clipsr_cli.io.reports import write_json
 
+    if "{shard}" in os.fspath(path):
+        k, n = result.shard or (1, 1)
+        path = os.fspath(path).replace("{shard}", f"{k}of{n}")
     return write_json(path, result.to_json(words), version=REPORT_VERSION, overwrite=True)

@@ -7,6 +7,9 @@
 * :func:`parse_shard` / :func:`shard_of`: a file belongs to shard K of N by a hash of its
   relative path, so the split does not depend on the order the OS lists files, on the machine,
   or on files added between two array jobs starting.
+* :func:`shard_from_env` / :func:`local_device`: ``shard='auto'`` and one GPU per process, from
+  the variables that SLURM job arrays, Kubernetes indexed Jobs and ``torchrun`` set (pure
+  functions of a mapping).
 * :func:`caption_source`: each file's caption, from one ``text``, a caption manifest
   (:class:`~clipsr_cli.data.captions.CaptionTable`) or sidecar files
   (:func:`~clipsr_cli.data.captions.sidecar_captions`); a caption text with several lines gives
@@ -23,14 +26,15 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO
 
 from clipsr_cli.data.captions import CaptionTable, sidecar_captions
-from clipsr_cli.errors import InputError, UsageError
+from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.io.formats import READ_EXTENSIONS
 
-__all__ = ["CaptionFn", "Discovery", "Source", "caption_source", "discover", "images_below",
-           "is_input_image", "parse_shard", "shard_of", "sidecar_caption"]
+__all__ = ["CaptionFn", "Discovery", "SHARD_COUNT_VAR", "Source", "caption_source", "discover",
+           "images_below", "is_input_image", "local_device", "parse_shard", "resolve_shard",
+           "shard_from_env", "shard_of", "sidecar_caption", "world_size"]
 
 CaptionFn = Callable[["Source"], "str | None"]
 
@@ -187,8 +191,8 @@ def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
         spec = f"{k}/{n}"
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise UsageError(f"`shard` must be K/N with 1 <= K <= N (e.g. 1/4), not {spec!r}",
-                         param="shard")
+        raise UsageError(f"`shard` must be K/N with 1 <= K <= N (e.g. 1/4) or auto, not "
+                         f"{spec!r}", param="shard")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -197,6 +201,135 @@ def shard_of(rel: PurePosixPath | str, n: int) -> int:
     and of which other files exist (files added between array jobs do not move any file)."""
     digest = hashlib.sha256(PurePosixPath(rel).as_posix().encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % n + 1
+
+
+# -- schedulers -----------------------------------------------------------------------------------
+#: Kubernetes sets only the index (``JOB_COMPLETION_INDEX``) of an indexed Job; the shard count
+#: is this variable, which the Job sets from ``.spec.completions``.
+SHARD_COUNT_VAR = "CLIPSR_SHARD_COUNT"
+_AUTO = "`shard=auto`"
+
+
+def _int(env: Mapping[str, str], name: str, *, low: int = 0) -> int:
+    raw = env[name]
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise UsageError(f"{_AUTO}: {name}={raw!r} is not a whole number >= {low}", param="shard")
+    return value
+
+
+def _slurm(env: Mapping[str, str]) -> tuple[int, int]:
+    """(K, N) of a SLURM job array task: tasks MIN, MIN+STEP, ... are shards 1..COUNT."""
+    task = _int(env, "SLURM_ARRAY_TASK_ID")
+    low = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+    step = _int(env, "SLURM_ARRAY_TASK_STEP", low=1) if "SLURM_ARRAY_TASK_STEP" in env else 1
+    if "SLURM_ARRAY_TASK_COUNT" in env:
+        count = _int(env, "SLURM_ARRAY_TASK_COUNT", low=1)
+    elif "SLURM_ARRAY_TASK_MAX" in env:
+        count = (_int(env, "SLURM_ARRAY_TASK_MAX") - low) // step + 1
+    else:
+        raise UsageError(f"{_AUTO}: SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_COUNT; "
+                         "pass `shard=K/N`", param="shard")
+    k, off = divmod(task - low, step)
+    if off or not 0 <= k < count:
+        raise UsageError(f"{_AUTO}: array task {task} is not one of {count} evenly spaced tasks "
+                         f"from {low} (use --array=0-{count - 1}, or pass `shard=K/N`)",
+                         param="shard")
+    return k + 1, count
+
+
+def _kubernetes(env: Mapping[str, str]) -> tuple[int, int]:
+    index = _int(env, "JOB_COMPLETION_INDEX")
+    if SHARD_COUNT_VAR not in env:
+        raise UsageError(f"{_AUTO}: JOB_COMPLETION_INDEX is set but not {SHARD_COUNT_VAR} (set it "
+                         "to the Job's .spec.completions), or pass `shard=K/N`", param="shard")
+    count = _int(env, SHARD_COUNT_VAR, low=1)
+    if index >= count:
+        raise UsageError(f"{_AUTO}: JOB_COMPLETION_INDEX={index} is not below "
+                         f"{SHARD_COUNT_VAR}={count}", param="shard")
+    return index + 1, count
+
+
+def world_size(env: Mapping[str, str]) -> int:
+    """``WORLD_SIZE`` (torchrun's process count), 1 when unset or not a number."""
+    try:
+        return max(1, int(str(env.get("WORLD_SIZE", "1")).strip()))
+    except ValueError:
+        return 1
+
+
+def shard_from_env(env: Mapping[str, str]) -> tuple[tuple[int, int], str] | None:
+    """(K, N) for ``shard='auto'`` and the variables it came from; None when none is set.
+
+    * SLURM job arrays: ``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` (divided by
+      ``SLURM_ARRAY_TASK_STEP``) + 1 of ``SLURM_ARRAY_TASK_COUNT``;
+    * Kubernetes indexed Jobs: ``JOB_COMPLETION_INDEX`` + 1 of :data:`SHARD_COUNT_VAR`;
+    * ``torchrun`` (or any launcher of the ``torch.distributed`` kind): ``RANK`` + 1 of
+      ``WORLD_SIZE``.
+
+    A ``torchrun`` inside an array task / indexed Job splits that task's shard further (N =
+    tasks × processes). UsageError for values that are not usable.
+    """
+    outer: list[tuple[tuple[int, int], str]] = []
+    if "SLURM_ARRAY_TASK_ID" in env:
+        outer.append((_slurm(env), "SLURM_ARRAY_TASK_ID"))
+    if "JOB_COMPLETION_INDEX" in env:
+        outer.append((_kubernetes(env), "JOB_COMPLETION_INDEX"))
+    if len(outer) > 1:
+        raise UsageError(f"{_AUTO}: both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX are set; "
+                         "pass `shard=K/N`", param="shard")
+    inner = None
+    if "WORLD_SIZE" in env or "RANK" in env:
+        if "WORLD_SIZE" not in env or "RANK" not in env:
+            raise UsageError(f"{_AUTO}: RANK and WORLD_SIZE must be set together", param="shard")
+        rank, size = _int(env, "RANK"), _int(env, "WORLD_SIZE", low=1)
+        if rank >= size:
+            raise UsageError(f"{_AUTO}: RANK={rank} is not below WORLD_SIZE={size}",
+                             param="shard")
+        inner = ((rank + 1, size), "RANK/WORLD_SIZE")
+    if not outer and inner is None:
+        return None
+    if not outer:
+        return inner
+    (k, n), origin = outer[0]
+    if inner is None:
+        return (k, n), origin
+    (r, size), _ = inner
+    return ((k - 1) * size + r, n * size), f"{origin} × RANK/WORLD_SIZE"
+
+
+def resolve_shard(shard, env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``shard``: K/N, ``'auto'`` (from the scheduler's variables), or None: ``'auto'`` when
+    ``WORLD_SIZE`` > 1 (``torchrun``: each process its share), else every file."""
+    if shard is None and world_size(env) > 1:
+        shard = "auto"
+    if not (isinstance(shard, str) and shard.strip().lower() == "auto"):
+        return parse_shard(shard) if shard is not None else None
+    found = shard_from_env(env)
+    if found is None:
+        raise UsageError("`shard=auto` needs SLURM_ARRAY_TASK_ID (a SLURM job array), "
+                         "JOB_COMPLETION_INDEX with CLIPSR_SHARD_COUNT (a Kubernetes indexed Job) "
+                         "or RANK and WORLD_SIZE (torchrun); none is set: pass `shard=K/N`",
+                         param="shard")
+    (k, n), origin = found
+    log.info(f"shard {k}/{n} (from {origin})")
+    return k, n
+
+
+def local_device(device: str, env: Mapping[str, str], cuda_devices: int) -> str:
+    """``device='auto'`` in one of several processes on a machine (``LOCAL_RANK`` set, as
+    ``torchrun`` does): ``cuda:LOCAL_RANK`` (modulo the GPUs there are) when CUDA has any;
+    anything else is returned as given."""
+    if str(device).strip().lower() != "auto" or cuda_devices < 1 or "LOCAL_RANK" not in env:
+        return device
+    try:
+        rank = int(str(env["LOCAL_RANK"]).strip())
+    except ValueError:
+        return device
+    return f"cuda:{rank % cuda_devices}" if rank >= 0 else device
 
 
 # -- captions -------------------------------------------------------------------------------------

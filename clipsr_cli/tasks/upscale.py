@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from clipsr_cli.errors import UsageError, log
+from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.io.formats import format_for, normalise_format
 from clipsr_cli.io.outputs import output_path_for, resolve_destination, same_file
 from clipsr_cli.model.config import SCALES
 
-__all__ = ["DEFAULT_SCALE", "check_options", "check_text", "load_upscaler", "resolve_output",
-           "upscale_file"]
+__all__ = ["DEFAULT_SCALE", "check_options", "check_passes", "check_text", "load_upscaler",
+           "resolve_output", "upscale_file"]
 
 DEFAULT_SCALE = 4
 Progress = Callable[[int, int], None]
@@ -42,15 +42,27 @@ def check_options(*, scale: int | None = None, device: str = "auto", precision: 
     resolve_precision(precision, resolve_device(device))
 
 
+def check_passes(passes: int) -> int:
+    """``passes``: how many times the model runs (a whole number >= 1)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise UsageError(f"`passes` must be a whole number >= 1, not {passes!r}", param="passes")
+    return passes
+
+
 def load_upscaler(*, model: str | None, scale: int | None, device: str, precision: str,
-                  tile: str | int, tile_overlap: int | None):
-    """Resolve model/scale defaults and load the engine once."""
+                  tile: str | int, tile_overlap: int | None, passes: int = 1):
+    """Resolve model/scale defaults and load the engine once (run ``passes`` times: ×s^passes)."""
     from clipsr_cli.infer.engine import Upscaler
 
     if model is None and scale is None:
         scale = DEFAULT_SCALE
-    return Upscaler.load(model, scale=scale, device=device, precision=precision, tile=tile,
-                         tile_overlap=tile_overlap)
+    up = Upscaler.load(model, scale=scale, device=device, precision=precision, tile=tile,
+                       tile_overlap=tile_overlap)
+    if check_passes(passes) > 1:
+        from clipsr_cli.infer.pipeline import Pipeline
+
+        up = Pipeline.repeat(up, passes)
+    return up
 
 
 def check_text(upscaler, text: str | None) -> None:
@@ -72,31 +84,49 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
                  precision: str = "auto", tile: str | int = "auto",
                  tile_overlap: int | None = None, format: str | None = None, quality: int = 95,
                  overwrite: bool = False, overwrite_input: bool = False,
-                 suffix: str | None = None, progress: Progress | None = None) -> Path | None:
+                 suffix: str | None = None, outscale: float | None = None,
+                 width: int | None = None, height: int | None = None, passes: int = 1,
+                 progress: Progress | None = None) -> Path | None:
     """Read ``input``, upscale it, write the result atomically; return the path (None: stdout).
 
     ``suffix`` replaces ``_x<s>`` in the default output name; ``progress(done, total)`` hears
-    about tiles."""
+    about tiles. ``outscale`` / ``width`` / ``height``: any output size (the model's result
+    resized, see :mod:`clipsr_cli.tasks.outsize`); ``passes``: run the model that many times."""
     from clipsr_cli.io import images as imageio
+    from clipsr_cli.tasks.outsize import OutputSize, beyond_note, resize_output
 
     t0 = time.perf_counter()
     check_options(scale=scale, device=device, precision=precision, tile=tile,
                   tile_overlap=tile_overlap, format=format, quality=quality)
+    check_passes(passes)
+    size = OutputSize.parse(outscale=outscale, width=width, height=height)
+    if suffix is None and size is not None:
+        suffix = size.suffix
     if output == "-":
         format_for("-", format)  # stdout needs a format: say so before any work
     elif suffix is not None:
         output_path_for("x.png", 1, suffix=suffix)  # a bad suffix fails first
     image = imageio.read_image(input)  # fail on a bad input before loading any model
+    w, h = image.size
+    try:
+        target = size.target(w, h, name=image.source) if size is not None else None
+    except InputError as e:  # both `width` and `height`, another shape: the options conflict
+        raise UsageError(str(e), param="height") from None
     up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap)
+                       tile_overlap=tile_overlap, passes=passes)
     dest = resolve_output(input, output, up.scale, format=format, overwrite=overwrite,
                           overwrite_input=overwrite_input, suffix=suffix)
     replace = overwrite or (dest is not None and input != "-" and same_file(dest, input))
     check_text(up, text)
+    if (note := beyond_note(size, up.scale)) is not None:
+        log.info(note)
     rgb, alpha = up.upscale_image(image, text, progress=progress)
+    if target is not None:
+        rgb, alpha = resize_output(rgb, alpha, target)
     written = imageio.write_image(dest if dest is not None else "-", rgb, alpha, like=image,
                                   format=format, quality=quality, overwrite=replace)
-    w, h = image.size
-    log.info(f"{image.source} ({w}×{h}) ×{up.scale} → {written or '<stdout>'} "
-             f"({w * up.scale}×{h * up.scale}) in {time.perf_counter() - t0:.1f} s")
+    how = f"×{up.scale}" + (" + resize" if target is not None and target != (
+        w * up.scale, h * up.scale) else "")
+    log.info(f"{image.source} ({w}×{h}) {how} → {written or '<stdout>'} "
+             f"({rgb.shape[1]}×{rgb.shape[0]}) in {time.perf_counter() - t0:.1f} s")
     return written

@@ -1,0 +1,76 @@
+"""Several images of the same size through the network in one forward pass (``batch_size``).
+
+The engine's :meth:`~clipsr_cli.infer.engine.Upscaler.bands` takes one image at a time (tiling
+is planned per image). Images that fit untiled can instead go through together:
+:func:`upscale_images` does what ``bands`` does for a single tile (conditioning per image, pad
+to the model's multiple, the forward pass under the engine's precision, crop, clamp) on a
+(B, 3, H, W) stack, then quantises each image like ``upscale_array``. Results equal one image at
+a time up to the rounding of batched kernels. Only a plain :class:`Upscaler` is batched; a
+pipeline (``passes``, ×16 built-ins) or any other engine runs one image at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from clipsr_cli.infer.engine import Upscaler, upscale_alpha
+from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles
+from clipsr_cli.io.images import LoadedImage
+
+__all__ = ["batch_limit", "upscale_images"]
+
+
+def batch_limit(up, height: int, width: int, batch_size: int) -> int:
+    """How many ``height`` × ``width`` images ``up`` may run together (1: one at a time):
+    at most ``batch_size``, and only as many as fit in one tile: the memory budget of
+    ``tile='auto'``, or together no more pixels than one ``tile`` × ``tile`` tile."""
+    if batch_size <= 1 or not isinstance(up, Upscaler):
+        return 1
+    st, m = up.settings, up.info.pad_multiple
+    hp, wp = -(-height // m) * m, -(-width // m) * m
+    if st.tile == 0:
+        return batch_size
+    if st.tile == "auto":
+        n = batch_size
+        while n > 1 and up._tile_size(height * n, width) != 0:
+            n -= 1
+        return n
+    if count_tiles(plan_tiles(hp, wp, tile=int(st.tile), overlap=st.tile_overlap, multiple=m)) > 1:
+        return 1
+    return max(1, min(batch_size, int(st.tile) ** 2 // (hp * wp)))
+
+
+def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None]
+                   ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
+    """Upscale ``images`` (all the same size, untiled: see :func:`batch_limit`) with their
+    captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it."""
+    if len(images) == 1 or not isinstance(up, Upscaler):
+        return [up.upscale_image(im, t) for im, t in zip(images, texts)]
+    h, w = images[0].rgb.shape[-2:]
+    if any(im.rgb.shape[-2:] != (h, w) for im in images):
+        raise ValueError("upscale_images needs images of one size")
+    st, s, m = up.settings, up.scale, up.info.pad_multiple
+    dev = st.device
+    emb = None
+    if up.info.text_conditioned:
+        null = up.null_text_embedding()
+        emb = torch.cat([up.embed_text(t) if t else null for t in texts]).to(dev)
+    with torch.inference_mode():
+        x = torch.cat([im.rgb for im in images]).to(dev, torch.float32)
+        cond = up.model.condition(x, emb)  # fp32: CLIP stays fp32
+        xp = pad_to_multiple(x, m)
+        if dev.type == "cpu":
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=st.dtype, enabled=st.dtype != torch.float32):
+            y = up.model(xp, cond, (0, 0))
+        y = y.float()[:, :, :h * s, :w * s].clamp_(0, 1)
+        out = []
+        for k, im in enumerate(images):
+            dtype, maxv = (np.uint16, 65535.0) if im.bit_depth == 16 else (np.uint8, 255.0)
+            q = y[k].mul(maxv).round_().permute(1, 2, 0).cpu().numpy().astype(dtype)
+            alpha = upscale_alpha(im.alpha, s) if im.alpha is not None else None
+            out.append((q, alpha))
+    return out

@@ -1,0 +1,89 @@
+"""``batch``'s plan: each input's destination, and what is done before the model runs.
+
+* :func:`plan_jobs`: destinations (the output policy's names, :mod:`clipsr_cli.io.outputs`).
+* :func:`plan`: each job decided before the model runs: to do, skipped, refused (its output
+  exists, is its input, or is another input's) or left to another shard.
+* :func:`checkpoint_scale`: a checkpoint's scale read from its header, so a run with nothing
+  left to do never loads the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from clipsr_cli.io.outputs import output_path_for
+from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult
+from clipsr_cli.tasks.sources import Discovery, Source, shard_of
+
+__all__ = ["Job", "checkpoint_scale", "plan", "plan_jobs"]
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Source
+    dest: Path
+
+
+def plan_jobs(sources: Iterable[Source], *, output_dir: str | os.PathLike, scale: int,
+              format: str | None = None, suffix: str | None = None) -> list[Job]:
+    """Destination of each source: OUTPUT_DIR / rel.parent / ``<stem>_x<scale>.<ext>``."""
+    out = Path(output_dir)
+    return [Job(s, out / s.rel.parent / output_path_for(s.rel.name, scale, format=format,
+                                                        suffix=suffix).name) for s in sources]
+
+
+
+def checkpoint_scale(model: str) -> int | None:
+    """The scale stored in a ``.safetensors`` checkpoint's header (without loading weights),
+    so that a run with nothing left to do never loads the model; None if not readable here
+    (loading the model then reports what is wrong)."""
+    p = Path(model).expanduser()
+    if p.suffix != ".safetensors" or not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < (64 << 20):
+                return None
+            header = json.loads(f.read(n))
+        scale = json.loads(header["__metadata__"]["config"])["scale"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return scale if isinstance(scale, int) else None
+
+
+def plan(found: Discovery, every: list[Job], result: BatchResult, *, shard, skip_existing: bool,
+          overwrite: bool) -> list[Job]:
+    """Decide each job before the model runs: to do, skipped, refused or in another shard."""
+    outputs = {j.dest.resolve() for j in every}
+    todo: list[Job] = []
+    claimed: dict[Path, str] = {}
+    for job in every:
+        src = job.source.path.resolve()
+        if src in outputs:  # an output of this batch (from an earlier run into the same folder)
+            result.ignored.append(str(job.source.path))
+            continue
+        if shard is not None and shard_of(job.source.rel, shard[1]) != shard[0]:
+            result.other_shards += 1
+            continue
+        dest = job.dest.resolve()
+        entry = (str(job.source.path), str(job.dest))
+        if dest == src:
+            result.files.append(FileResult(*entry, "failed", "the output would replace the "
+                                           "input; pass `suffix` or another `output`"))
+        elif dest in claimed:
+            result.files.append(FileResult(*entry, "failed", f"same output as {claimed[dest]}; "
+                                           "rename one of them or process them separately"))
+        elif job.dest.exists() and not overwrite:
+            if skip_existing:
+                result.files.append(FileResult(*entry, "skipped", "output exists"))
+            else:
+                result.files.append(FileResult(*entry, "failed", EXISTS, exists=True))
+        else:
+            todo.append(job)
+        claimed.setdefault(dest, str(job.source.path))
+    return todo
