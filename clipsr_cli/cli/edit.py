@@ -30,15 +30,16 @@ def register(app: typer.Typer) -> None:
             show_default=False)] = None,
         grid: Annotated[bool, typer.Option(
             "--grid", help="Also write <base>_grid.png: the input and the results side by side, "
-            "labelled with prompt and A.")] = False,
+            "labelled with prompt and A; outputs under 256 px are enlarged (nearest).")] = False,
         gif: Annotated[bool, typer.Option(
             "--gif", help="Also write <base>.gif, an animation of the sweep.")] = False,
         as_lr: Annotated[bool, typer.Option(
             "--as-lr", help="INPUT is the low-resolution image (output S times larger); by "
             "default INPUT is a photo, downscaled ×S first, and the edit has its size.")] = False,
         output: Annotated[Optional[str], typer.Option(
-            "--output", "-o", help="Output file, folder (existing, or ending in /) or - for "
-            "stdout. Default: <stem>_edit.<ext> (sweep: <stem>_edit_<i>.<ext>) beside the input.",
+            "--output", "-o", help="Output file, folder (an existing one, or a name ending in "
+            "/, created with its parents if missing) or - for stdout. Default: <stem>_edit.<ext> "
+            "(sweep: <stem>_edit_<i>.<ext>) beside the input.",
             show_default=False)] = None,
         report: Annotated[Optional[str], typer.Option(
             "--report", metavar="FILE.json", help="Write the outputs, strengths and LR consistency "

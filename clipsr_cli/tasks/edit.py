@@ -322,6 +322,7 @@ def edit_file(*, input: str, target_text: str, source_text: str | None = None,
     like = dataclasses.replace(image, grayscale=False)
     outputs: list[EditOutput] = []
     views: list[np.ndarray] = []  # uint8 copies for the grid / GIF
+    plan.make_folder()  # `output='DIR/'` that does not exist yet: created now, parents too
     frames = iter_edits(up, prep.lr, target_text=target_text, source_text=source_text,
                         strengths=strengths, progress=progress)
     for f, dest in zip(frames, plan.outputs, strict=True):
