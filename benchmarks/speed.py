@@ -1,13 +1,16 @@
 """Speed and memory benchmark (a benchmark, not a test).
 
-    python benchmarks/speed.py                     # built-in models, 512×512 input, this device
+    python benchmarks/speed.py                     # built-in models, 256×256 input, this device
     python benchmarks/speed.py --big               # + a 2000×1500 photo ×8 through `clipsr upscale`
-    python benchmarks/speed.py -m run/model.safetensors --size 256
+    python benchmarks/speed.py -m run/model.safetensors --size 128
 
-For each model: milliseconds per output megapixel (median of --runs runs after a warm-up) and
-peak RSS (or peak VRAM on CUDA), each model measured in its own subprocess so that peak memory
-is its own; beside PIL bicubic and an RRDBNet of Real-ESRGAN x4plus size (23 blocks, 64
-channels, random weights, architecture from spandrel) measured in the same run, as ratios.
+In one run, on this device: milliseconds per output megapixel (median of --runs runs after a
+warm-up) and peak RSS (VmHWM; peak VRAM on CUDA) of each built-in model with default settings,
+untiled (``tile=0``) and with ``tile='auto'``; the ×4 model again on a --x4-size input (the second
+stage of the ×16 pipeline on a --size photo, where auto-tiling really tiles); beside SPAN-48
+(spandrel's ``SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4)``, random weights,
+bf16 on the CPU, channels-last) and PIL bicubic. Every measurement runs in its own subprocess,
+so peak memory is its own. The machine and its load average are printed with the table.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,13 @@ DEFAULT_MODELS = ["clipsr-lite-x4", "clipsr-lite-x8", "clipsr-lite-x16"]
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM): ru_maxrss would include the forking parent's."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -41,47 +50,45 @@ def _time(fn, runs: int) -> float:
 
 
 def measure_one(kind: str, model: str | None, size: int, runs: int, device: str,
-                precision: str) -> dict:
+                precision: str, tile: str) -> dict:
     import torch
 
     torch.manual_seed(0)
     lr = torch.rand(1, 3, size, size)
+    extra: dict = {}
     if kind == "bicubic":
         from PIL import Image
 
         img = Image.fromarray((lr[0].permute(1, 2, 0).numpy() * 255).astype("uint8"))
         scale = 4
         sec = _time(lambda: img.resize((size * scale, size * scale), Image.BICUBIC), runs)
-        extra = {}
-    elif kind == "rrdbnet":
-        import importlib
+    elif kind == "span":
+        from spandrel.architectures.SPAN import SPAN
 
-        # spandrel keeps the architecture in a private module; it is only used here, for timing
-        RRDBNet = importlib.import_module("spandrel.architectures.ESRGAN.__arch.RRDB").RRDBNet
-
-        from clipsr_cli.infer.engine import resolve_device, resolve_precision
+        from clipsr_cli.infer.devices import resolve_device
 
         dev = resolve_device(device)
-        dtype = resolve_precision(precision, dev)
-        net = RRDBNet(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4).eval().to(dev)
+        dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
+        net = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4).eval().to(dev)
+        x = lr.to(dev)
         if dev.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         scale = 4
-        x = lr.to(dev)
 
         def run():
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype,
-                                                        enabled=dtype != torch.float32):
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype):
                 net(x)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
-        sec = _time(run, max(1, runs // 2))
-        extra = {"precision": str(dtype).removeprefix("torch.")}
+        sec = _time(run, runs)
+        extra = {"precision": str(dtype).removeprefix("torch."),
+                 "params": sum(p.numel() for p in net.parameters())}
     else:
         from clipsr_cli.infer.engine import Upscaler
 
-        up = Upscaler.load(model, device=device, precision=precision)
+        up = Upscaler.load(model, device=device, precision=precision, tile=tile)
         scale = up.scale
 
         def run():
@@ -91,7 +98,7 @@ def measure_one(kind: str, model: str | None, size: int, runs: int, device: str,
 
         sec = _time(run, runs)
         extra = {"precision": str(up.settings.dtype).removeprefix("torch."),
-                 "params": up.info.parameters}
+                 "params": up.info.parameters, "tile": tile}
         if up.device.type == "cuda":
             extra["peak_vram_mib"] = torch.cuda.max_memory_allocated() / 2**20
     mp = (size * scale) ** 2 / 1e6
@@ -105,8 +112,8 @@ def _sub(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def big_run(model: str, device: str) -> dict:
-    """2000×1500 ×8 through the real CLI in a subprocess; its peak RSS from the kernel."""
+def big_run(model: str | None, device: str) -> dict:
+    """2000×1500 ×8 through the real CLI in a subprocess that reports its own VmHWM."""
     import numpy as np
     from PIL import Image
 
@@ -116,64 +123,106 @@ def big_run(model: str, device: str) -> dict:
         small = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)
         Image.fromarray(small).resize((2000, 1500), Image.BICUBIC).save(f"{d}/big.png")
         t = time.perf_counter()
-        cmd = [sys.executable, "-m", "clipsr_cli", "upscale", f"{d}/big.png", "-s", "8", "-o",
-               f"{d}/out.png", "--device", device, "-q"]
+        args = ["upscale", f"{d}/big.png", "-s", "8", "-o", f"{d}/out.png", "--device", device, "-q"]
         if model:
-            cmd += ["-m", model]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+            args += ["-m", model]
+        proc = subprocess.run([sys.executable, __file__, "--cli", f"{d}/peak", *args],
+                              capture_output=True, text=True)
         sec = time.perf_counter() - t
         if proc.returncode:
             raise SystemExit(f"big run failed: {proc.stderr.strip()}")
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        with open(f"{d}/peak") as f:
+            rss = float(f.read())
         Image.MAX_IMAGE_PIXELS = None  # our own 192-megapixel output
         w, h = Image.open(f"{d}/out.png").size
     return {"output": f"{w}×{h}", "megapixels": w * h / 1e6, "sec": sec, "peak_rss_mib": rss}
 
 
+def _run_cli(peak_file: str, args: list[str]) -> None:
+    import runpy
+
+    sys.argv = ["clipsr", *args]
+    try:
+        runpy.run_module("clipsr_cli", run_name="__main__")
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        with open(peak_file, "w") as f:
+            f.write(str(_peak_rss_mib()))
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return "cuda: " + torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-m", "--model", action="append", help="model name or checkpoint (repeatable)")
-    ap.add_argument("--size", type=int, default=512, help="input side in pixels")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--size", type=int, default=256, help="input side in pixels")
+    ap.add_argument("--x4-size", type=int, default=1024,
+                    help="also the first model on this input side (0: not)")
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--no-rrdbnet", action="store_true")
+    ap.add_argument("--no-span", action="store_true")
     ap.add_argument("--big", action="store_true", help="also the 2000×1500 ×8 memory run")
     ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--one", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=3, metavar=("KIND", "MODEL", "TILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--cli", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.cli:
+        return _run_cli(a.cli[0], a.cli[1:])
     if a.one:
-        kind, model = a.one
+        kind, model, tile = a.one
         print(json.dumps(measure_one(kind, None if model == "-" else model, a.size, a.runs,
-                                     a.device, a.precision)))
+                                     a.device, a.precision, tile)))
         return
-    common = ["--size", str(a.size), "--runs", str(a.runs), "--device", a.device,
-              "--precision", a.precision]
+    common = ["--runs", str(a.runs), "--device", a.device, "--precision", a.precision]
+    at = ["--size", str(a.size), *common]
     models = a.model or DEFAULT_MODELS
-    rows = [_sub(["bicubic", "-", *common])]
-    if not a.no_rrdbnet:
-        rows.append(_sub(["rrdbnet", "-", *common]))
-    for m in models:
-        rows.append(_sub(["clipsr", m, *common]))
-    import torch
-
-    dev = "cuda: " + torch.cuda.get_device_name() if a.device != "cpu" and torch.cuda.is_available() \
-        else f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(f"device: {dev}; torch {torch.__version__}; input {a.size}×{a.size}; "
-          f"median of {a.runs} after a warm-up")
+    load0 = os.getloadavg()
+    rows = [_sub(["bicubic", "-", "-", *at])]
+    if not a.no_span:
+        rows.append(_sub(["span", "-", "-", *at]))
+    jobs = [(m, a.size) for m in models] + ([(models[0], a.x4_size)] if a.x4_size else [])
+    for m, size in jobs:
+        for tile in ("0", "auto"):
+            rows.append(_sub(["clipsr", m, tile, "--size", str(size), *common]))
+    load1 = os.getloadavg()
+    print(f"machine: {_machine(a.device)}; python {platform.python_version()}; "
+          f"load average {load0[0]:.2f} before, {load1[0]:.2f} after (1 min)")
+    print(f"median of {a.runs} after a warm-up; ms per output megapixel")
     ref = {r["kind"]: r for r in rows}
-    print(f"{'model':<30}{'scale':>6}{'ms/MP':>10}{'peak MiB':>10}{'vs RRDBNet':>14}"
-          f"{'vs bicubic':>14}  precision")
+    print(f"{'model':<24}{'input':>10}{'scale':>6}{'tile':>6}{'ms/MP':>9}{'peak MiB':>10}"
+          f"{'auto/untiled':>14}{'vs SPAN-48':>12}  precision")
+    untiled = {}
     for r in rows:
-        name = r["model"] or {"bicubic": "PIL bicubic", "rrdbnet": "RRDBNet 23×64 (x4plus size)"}[r["kind"]]
-        vs_rrdb = (f"{ref['rrdbnet']['ms_per_mp'] / r['ms_per_mp']:.1f}× faster"
-                   if "rrdbnet" in ref and r["kind"] != "rrdbnet" else "")
-        vs_bic = f"{r['ms_per_mp'] / ref['bicubic']['ms_per_mp']:.0f}× slower" if r["kind"] != "bicubic" else ""
+        name = r["model"] or {"bicubic": "PIL bicubic", "span": "SPAN-48 (random)"}[r["kind"]]
+        key = (r["model"], r["size"])
+        ratio = ""
+        if r.get("tile") == "0":
+            untiled[key] = r["ms_per_mp"]
+        elif r.get("tile") == "auto" and key in untiled:
+            ratio = f"{r['ms_per_mp'] / untiled[key]:.2f}×"
+        vs_span = (f"{r['ms_per_mp'] / ref['span']['ms_per_mp']:.2f}×"
+                   if "span" in ref and r["kind"] == "clipsr" else "")
         mem = r.get("peak_vram_mib", r["peak_rss_mib"])
-        print(f"{name:<30}{r['scale']:>6}{r['ms_per_mp']:>10.1f}{mem:>10.0f}{vs_rrdb:>14}"
-              f"{vs_bic:>14}  {r.get('precision', '')}")
-    result = {"device": dev, "rows": rows}
+        print(f"{name:<24}{str(r['size']) + '²':>10}{r['scale']:>6}{r.get('tile', '-'):>6}"
+              f"{r['ms_per_mp']:>9.1f}{mem:>10.0f}{ratio:>14}{vs_span:>12}  "
+              f"{r.get('precision', '')}")
+    result = {"machine": _machine(a.device), "loadavg": [load0, load1], "rows": rows}
     if a.big:
         big_model = next((m for m in models if m.endswith("x8")), None)
         big = big_run(big_model, a.device)

@@ -2,8 +2,25 @@
 
 Contract: images enter as (1, 3, H, W) float tensors in [0, 1] (any H × W); the engine pads to
 the model's multiple, computes the per-image conditioning (text + CLIP visual features) once,
-runs the generator tile by tile under ``torch.inference_mode()`` and the resolved precision,
-blends the tiles and crops back to exactly (s·H × s·W).
+runs the generator under ``torch.inference_mode()`` and the resolved precision and crops back to
+exactly (s·H × s·W), handing the output over in finished row bands.
+
+Tiling (``tile``): ``0`` runs the whole image in one forward pass. ``'auto'`` on CUDA does too
+when the whole forward fits the memory budget (50 % of free VRAM; on the CPU min(25 % of free
+RAM, 1 GiB)). Otherwise, and always on the CPU with ``'auto'``, a model that splits
+(``info.two_phase``: CLIP-SR) runs in two phases:
+
+1. **LR part** (``lr_features``: encoder + Iterative Refinement Module, cheap per pixel): tiles
+   of ``tile`` LR px (``'auto'``: as large as the budget allows, usually the whole image: then
+   the result is the untiled one) grown by ``tile_overlap`` and blended, giving the LR feature
+   map row band by row band (stored in the autocast precision, bf16/fp16, or fp32);
+2. **tail** (``reconstruct``: upsampler + bicubic skip, where the cost is): tiles grown by the
+   tail's exact receptive field (``info.tail_overlap``, a few LR px) whose cores are kept as
+   they are, so they change nothing and cost only that margin; ``'auto'``: full-width row bands
+   or squares, from the budget (CPU: cache-sized, ``_CPU_TAIL_BYTES``), ``tile=N``: N × N LR px.
+
+Only a window of feature rows is held (:class:`~clipsr_cli.infer.tiling.RowStream`). Third-party
+models (``two_phase`` False) are tiled as a whole: ``tile`` LR px with ``tile_overlap``, blended.
 """
 
 from __future__ import annotations
@@ -24,7 +41,8 @@ from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
 from clipsr_cli.infer.devices import resolve_device, resolve_precision
 from clipsr_cli.infer.pipeline import Pipeline
-from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles, run_tiled
+from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, plan_tiles, run_plan,
+                                     run_tiled)
 from clipsr_cli.model.checkpoint import load_checkpoint
 from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
 from clipsr_cli.model.config import ModelInfo
@@ -172,22 +190,51 @@ class Upscaler(Engine):
         dt, dev = self.settings.dtype, self.settings.device
         return torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32)
 
+    def _budget(self) -> tuple[float, int]:
+        """Bytes of activations one tile may use, and the activation element size."""
+        dev = self.settings.device
+        elem = 2 if self.settings.dtype != torch.float32 else 4
+        budget = _available_memory(dev) * (0.5 if dev.type == "cuda" else 0.25)
+        # CPU: 1 GiB of activations keeps a 192-megapixel ×8 job under 3 GiB RSS (measured)
+        return min(budget, (1.0 if dev.type == "cpu" else 16) * (1 << 30)), elem
+
     def _tile_size(self, h: int, w: int) -> int:
+        """The LR tile side for an h × w image: 0 runs the whole forward at once; otherwise the
+        side of the LR part's tiles (``two_phase`` models; ≥ the image: one tile) or of the
+        whole network's tiles."""
         tile = self.settings.tile
         if tile != "auto":
             return int(tile)
-        dev = self.settings.device
-        elem = 2 if self.settings.dtype != torch.float32 else 4
-        per_px = self.model.bytes_per_lr_pixel(elem)
-        budget = _available_memory(dev) * (0.5 if dev.type == "cuda" else 0.25)
-        # CPU: 1 GiB of activations keeps a 192-megapixel ×8 job under 3 GiB RSS (measured)
-        budget = min(budget, (1.0 if dev.type == "cpu" else 16) * (1 << 30))
-        max_px = max(budget / per_px, 64 * 64)
+        budget, elem = self._budget()
+        max_px = max(budget / self.model.bytes_per_lr_pixel(elem), 64 * 64)
         if h * w <= max_px:
             return 0
-        m = self.info.pad_multiple
-        side = int(max_px ** 0.5) - 2 * self.settings.tile_overlap
+        m, ov = self.info.pad_multiple, self.settings.tile_overlap
+        if self.info.two_phase:
+            max_px = max(budget / self.model.bytes_per_lr_pixel(elem, part="lr"), 64 * 64)
+            if h * w <= max_px:
+                return max(h, w) + m  # the LR part in one tile
+            # and a tile row's blended float32 band of features fits the budget too
+            rows = budget / (w * self.model.bytes_per_lr_pixel(4, part="features"))
+            side = int(min(max_px ** 0.5, rows)) - 2 * ov
+        else:
+            side = int(max_px ** 0.5) - 2 * ov
         return max(64, side // m * m)
+
+    def _tail_tiles(self, h: int, w: int) -> tuple[int, int]:
+        """(rows, cols) of the tail's tile cores on the padded h × w LR grid (0: whole)."""
+        tile, r = self.settings.tile, self.info.tail_overlap
+        if tile != "auto":
+            return int(tile), int(tile)
+        budget, elem = self._budget()
+        if self.device.type == "cpu":  # cache-sized tiles run faster than large ones (measured)
+            budget = min(budget, _CPU_TAIL_BYTES)
+        max_px = max(budget / self.model.bytes_per_lr_pixel(elem, part="tail"), 32 * 32)
+        rows = int(max_px // (w + 2 * r)) - 2 * r  # full-width bands: a margin above and below
+        side = max(16, int(max_px ** 0.5) - 2 * r)  # or squares: a margin on all four sides
+        if rows >= 16 and (rows + 2 * r) / rows <= ((side + 2 * r) / side) ** 2:
+            return rows, 0
+        return side, side
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None,
@@ -211,25 +258,70 @@ class Upscaler(Engine):
             xp = pad_to_multiple(x, m)
             if dev.type == "cpu":
                 xp = xp.contiguous(memory_format=torch.channels_last)
-            plan = plan_tiles(xp.shape[-2], xp.shape[-1], tile=self._tile_size(h, w),
-                              overlap=self.settings.tile_overlap, multiple=m)
-            total, done = count_tiles(plan), 0
-
-            def run(tile: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
-                with self._autocast():
-                    return self.model(tile, cond, offset)
-
-            def tick() -> None:
-                nonlocal done
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-
-            for y0, band in run_tiled(run, xp, s, plan, self.settings.tile_overlap, on_tile=tick):
+            for y0, band in self._run(xp, cond, self._tile_size(h, w), progress):
                 if y0 >= h * s:
                     break
                 band = band[:, :, :h * s - y0, :w * s].clamp_(0, 1)
                 yield y0, band
+
+    def _run(self, xp: torch.Tensor, cond, tile: int, progress: ProgressFn | None):
+        """Output row bands of the padded image ``xp``: one forward pass, the whole network
+        tiled (``tile`` LR px, blended), or the two phases (see the module docstring)."""
+        s, m, ov = self.scale, self.info.pad_multiple, self.settings.tile_overlap
+        hp, wp = xp.shape[-2:]
+        plan = plan_tiles(hp, wp, tile=tile, overlap=ov, multiple=m)
+        tail_plan = None
+        # on the CPU, 'auto' splits even when the whole forward fits: the same result (the LR
+        # part in one tile, the tail exact), and cache-sized tail tiles are faster
+        split = tile != 0 or self.settings.tile == "auto" and self.device.type == "cpu"
+        if split and self.info.two_phase:
+            rows, cols = self._tail_tiles(hp, wp)
+            tail_plan = plan_tiles(hp, wp, tile=rows, tile_width=cols,
+                                   overlap=self.info.tail_overlap)
+            if count_tiles(plan) == 1 and count_tiles(tail_plan) == 1:
+                tail_plan = None  # nothing to split: the one forward pass
+        total = count_tiles(plan) + (count_tiles(tail_plan) if tail_plan else 0)
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        if tail_plan is None:
+            def run(tile: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+                with self._autocast():
+                    return self.model(tile, cond, offset)
+
+            yield from run_tiled(run, xp, s, plan, ov, on_tile=tick)
+            return
+
+        def lr_part(t) -> torch.Tensor:
+            with self._autocast():
+                return self.model.lr_features(xp[:, :, t.row.i0:t.row.i1, t.col.i0:t.col.i1],
+                                              cond, (t.row.i0, t.col.i0))
+
+        cpu = self.device.type == "cpu"
+        store = self.settings.dtype  # the autocast precision (bf16/fp16) halves the feature map
+        feats = RowStream(run_plan(lr_part, (hp, wp), 1, plan, ov, device=self.device,
+                                   dtype=None, on_tile=tick), store, channels_last=cpu)
+
+        def tail(t) -> torch.Tensor:
+            rs, cs = t.row, t.col
+            f = feats.rows(rs.i0, rs.i1)[:, :, :, cs.i0:cs.i1]
+            if cpu and cs.i1 - cs.i0 < wp:
+                f = f.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                return self.model.reconstruct(f, xp[:, :, rs.i0:rs.i1, cs.i0:cs.i1], cond,
+                                              (rs.i0, cs.i0))
+
+        yield from run_plan(tail, (hp, wp), s, tail_plan, self.info.tail_overlap, blend=False,
+                            device=self.device, on_tile=tick)
+
+
+#: CPU: estimated activations of one tail tile (about 18k LR px for the built-in ×4 in bf16)
+_CPU_TAIL_BYTES = 64 << 20
 
 _PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

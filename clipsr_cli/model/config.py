@@ -126,6 +126,14 @@ class ModelInfo:
     clip: str | None
     pad_multiple: int
     tile_overlap: int
-    """Recommended overlap between tiles, in LR pixels (covers the effective receptive field)."""
+    """Recommended overlap between tiles, in LR pixels (covers the effective receptive field);
+    for a ``two_phase`` model, that of its LR part (``lr_features``)."""
     precisions: tuple[str, ...] = field(default=("fp32", "bf16", "fp16"))
     parameters: int = 0
+    tail_overlap: int = 0
+    """``two_phase`` models: the exact receptive-field radius, in LR pixels, of the
+    high-resolution tail (``reconstruct``); its tiles are grown by this much and not blended."""
+    two_phase: bool = False
+    """The model splits into ``lr_features(lr, cond, offset)`` at LR resolution and
+    ``reconstruct(feats, lr, cond, offset)``, so the engine tiles the two parts separately, each
+    with the overlap it needs (False: third-party models, tiled as a whole)."""

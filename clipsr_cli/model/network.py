@@ -124,7 +124,20 @@ def _describe(cfg: ModelConfig, parameters: int) -> ModelInfo:
     r += 2 * cfg.body_blocks + 1 + 2
     overlap = min(-(-r // m) * m, 64)
     return ModelInfo(scale=cfg.scale, text_conditioned=cfg.text_conditioned, clip=cfg.clip,
-                     pad_multiple=m, tile_overlap=overlap, parameters=parameters)
+                     pad_multiple=m, tile_overlap=overlap, parameters=parameters,
+                     tail_overlap=_tail_radius(cfg.num_up), two_phase=True)
+
+
+def _tail_radius(num_up: int) -> int:
+    """Exact receptive-field radius of ``reconstruct`` in LR pixels: an output pixel depends only
+    on the features and LR pixels within this distance of the LR pixel it lies in. Walked back
+    from the output: the output conv (3×3), then per ×2 stage a TIFBlock (two 3×3 convs), the
+    pixel shuffle (a radius r at 2× is ⌈r/2⌉ one level down) and the stage's 3×3 conv; the
+    bicubic skip reaches 2 LR px. F_U is sampled pointwise, in absolute coordinates."""
+    r = 1
+    for _ in range(num_up):
+        r = -(-(r + 2) // 2) + 1
+    return max(r, 2)
 
 
 class CLIPSR(nn.Module):
@@ -155,15 +168,38 @@ class CLIPSR(nn.Module):
         """Scale, padding multiple, tile-overlap hint, parameter count (computed once)."""
         return self._info
 
-    def bytes_per_lr_pixel(self, elem_size: int = 4) -> int:
-        """Rough peak activation memory per LR pixel of a tile (for choosing tile sizes)."""
+    def bytes_per_lr_pixel(self, elem_size: int = 4, part: str = "all") -> int:
+        """Rough peak activation memory per LR pixel of a tile (for choosing tile sizes).
+
+        ``part``: ``"all"`` (the whole forward), ``"lr"`` (``lr_features``: encoder and Iterative
+        Refinement Module), ``"tail"`` (``reconstruct``, with the float32 output and its blend
+        buffers) or ``"features"`` (one stored pixel of the feature map ``lr_features`` returns).
+        """
         cfg, s = self.config, 1
         fu = cfg.text_conditioned and cfg.fu_fusion  # F_U is blended in fp32: 2 more maps
-        peak = 6 * cfg.encoder_widths[0] * elem_size + (8 * cfg.encoder_widths[0] if fu else 0)
+        c0 = cfg.encoder_widths[0]
+        if part == "features":
+            return c0 * elem_size
+        lr = 6 * c0 * elem_size + (8 * c0 if fu else 0)
+        lr += sum(6 * w * elem_size // 4 ** i for i, w in enumerate(cfg.encoder_widths[1:], 1))
+        tail = 2 * c0 * elem_size
+        for w in cfg.up_widths[:cfg.num_up]:
+            s *= 2
+            tail = max(tail, 6 * w * s * s * elem_size + (8 * w * s * s if fu else 0))
+        out = 3 * cfg.scale ** 2 * 4 * 3
+        if part == "lr":
+            return lr
+        if part == "tail":
+            return tail + out
+        if part != "all":
+            raise ValueError(f"unknown part {part!r}")
+        # the whole forward: as estimated before the split (kept: it decides when to tile)
+        peak = 6 * c0 * elem_size + (8 * c0 if fu else 0)
+        s = 1
         for w in cfg.up_widths[:cfg.num_up]:
             s *= 2
             peak = max(peak, 6 * w * s * s * elem_size + (8 * w * s * s if fu else 0))
-        return peak + 3 * cfg.scale ** 2 * 4 * 3
+        return peak + out
 
     # -- CLIP ----------------------------------------------------------------------------------
     def attach_clip(self, clip) -> None:
@@ -245,22 +281,40 @@ class CLIPSR(nn.Module):
     def forward(self, lr: torch.Tensor, cond: Conditioning | None = None,
                 offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """Super-resolve ``lr`` (a whole image or a tile at ``offset`` of the image that
-        ``cond`` was computed for)."""
+        ``cond`` was computed for): ``reconstruct(lr_features(...))``."""
         if cond is None:
             cond = self.condition(lr)
+        return self.reconstruct(self.lr_features(lr, cond, offset), lr, cond, offset)
+
+    def lr_features(self, lr: torch.Tensor, cond: Conditioning,
+                    offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Phase 1, at LR resolution: the image encoder and the Iterative Refinement Module
+        (with F_U at every pyramid level) → (B, encoder_widths[0], h, w) features."""
         feats = self.encoder(lr)
-        fuse = None
-        if cond.fu is not None:  # F_U joins every level, coarse to fine, LR/2^k … s·LR
+        return self.refinement(feats[-1], feats, cond.text, self._fuse(cond, offset))
 
-            def fuse(level: int, x: torch.Tensor) -> torch.Tensor:
-                # level k >= 0: pyramid level k (stride 2^k LR px); -j: upsampling stage j
-                fu = sample_windows(cond.fu[level if level >= 0 else n_enc - 1 - level],
-                                    cond.view, offset, x.shape[-2:], 2.0 ** level)
-                return x + fu.to(x.dtype)
+    def reconstruct(self, feats: torch.Tensor, lr: torch.Tensor, cond: Conditioning,
+                    offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Phase 2, the high-resolution tail: the upsampler (F_U after each ×2 stage) plus the
+        bicubic skip of ``lr``; ``feats`` and ``lr`` cover the same LR pixels at ``offset``.
+        Its receptive field is ``info.tail_overlap`` LR px, so tiles grown by that much agree
+        with the whole image."""
+        return self.upsampler(feats, lr, cond.text, self._fuse(cond, offset))
 
-        n_enc = len(feats)
-        x = self.refinement(feats[-1], feats, cond.text, fuse)
-        return self.upsampler(x, lr, cond.text, fuse)
+    def _fuse(self, cond: Conditioning, offset: tuple[int, int]):
+        """``fuse(level, x) -> x + F_U`` for a tile at ``offset`` (None: no F_U)."""
+        if cond.fu is None:
+            return None
+        n_enc = len(self.config.encoder_widths)
+
+        def fuse(level: int, x: torch.Tensor) -> torch.Tensor:
+            # F_U joins every level, coarse to fine, LR/2^k … s·LR: level k >= 0 is pyramid
+            # level k (stride 2^k LR px), -j upsampling stage j
+            fu = sample_windows(cond.fu[level if level >= 0 else n_enc - 1 - level],
+                                cond.view, offset, x.shape[-2:], 2.0 ** level)
+            return x + fu.to(x.dtype)
+
+        return fuse
 
 
 #: CLIP windows per forward pass in ``condition``
