@@ -130,3 +130,13 @@ def test_cli_x16_and_download_of_a_pipeline(tmp_path):
     r = runner.invoke(app, ["download", "clipsr-lite-x16"])
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().endswith("clipsr-lite-x4.safetensors")
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_banded_resize_equals_the_whole_image_resize(factor):
+    from clipsr_cli.data.degrade import imresize_bands
+
+    x = torch.rand(1, 3, 70, 41, generator=torch.Generator().manual_seed(factor))
+    bands = list(imresize_bands(x, factor, rows=16))
+    assert [y0 for y0, _ in bands] == [r * factor for r in range(0, 70, 16)]
+    assert torch.equal(torch.cat([b for _, b in bands], dim=-2), imresize(x, factor))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from clipsr_cli.errors import DataError
 
-__all__ = ["imresize", "resize_matrix", "DegradeOptions", "degrade", "crop_to_multiple",
+__all__ = ["imresize", "imresize_bands", "resize_matrix", "DegradeOptions", "degrade", "crop_to_multiple",
            "quantize_8bit"]
 
 
@@ -133,6 +133,22 @@ def imresize(x: torch.Tensor, scale: float | None = None, *,
         if not (x.shape[dim] == n and s == 1.0):
             x = _resize_dim(x, dim, n, s)
     return x.to(dtype)
+
+
+def imresize_bands(x: torch.Tensor, factor: int, *, rows: int = 64):
+    """``imresize(x, factor)`` for a whole-number upscale ``factor``, yielded as output row bands
+    ``(y0, band)``: the same numbers (each band is computed from its input rows plus a 3-row
+    margin, more than the 4-tap cubic kernel reaches), without ever holding the whole output or its
+    temporaries. ``x``: (B, C, H, W) float."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"imresize_bands: factor must be a whole number >= 1, got {factor!r}")
+    h = x.shape[-2]
+    margin = 3
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        a, b = max(0, r0 - margin), min(h, r1 + margin)
+        band = imresize(x[..., a:b, :], factor)
+        yield r0 * factor, band[..., (r0 - a) * factor:(r1 - a) * factor, :]
 
 
 # -- degradation -------------------------------------------------------------------------------------

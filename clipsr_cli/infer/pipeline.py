@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from clipsr_cli.data.degrade import imresize
+from clipsr_cli.data.degrade import imresize, imresize_bands
 from clipsr_cli.errors import InputError, ModelError, UsageError
 from clipsr_cli.infer.base import Engine, ProgressFn
 from clipsr_cli.model.config import ModelInfo
@@ -112,9 +112,13 @@ class Pipeline(Engine):
         for i, st in enumerate(self.stages):
             last = i == len(self.stages) - 1
             if not _is_model(st):
-                x = imresize(x.float(), st).clamp_(0, 1)
-                if last:
-                    yield from _as_bands(x)
+                if last:  # band by band: a 192-MP output is never held in float32
+                    for y0, band in imresize_bands(x.float(), st):
+                        yield y0, band.clamp_(0, 1)
+                    if progress is not None:
+                        progress(1000, 1000)
+                else:
+                    x = imresize(x.float(), st).clamp_(0, 1)
                 continue
             emb = text_embedding if st is text_stage else None
             sub = _sub_progress(progress, done_w, weights[i], total_w)
@@ -139,11 +143,6 @@ def _combined_info(stages: Sequence[Engine | int]) -> ModelInfo:
 
 def _is_model(s) -> bool:
     return isinstance(s, Engine)
-
-
-def _as_bands(x: torch.Tensor, rows: int = 512):
-    for y0 in range(0, x.shape[-2], rows):
-        yield y0, x[:, :, y0:y0 + rows]
 
 
 def _sub_progress(progress: ProgressFn | None, done_w: float, weight: float,
