@@ -7,6 +7,8 @@ logs, validates and writes checkpoints.
 
 from __future__ import annotations
 
+import gc
+
 import os
 from dataclasses import dataclass
 
@@ -44,9 +46,19 @@ def init(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, **kwargs)
 
 
-def shutdown() -> None:
+def shutdown(*, clean: bool = True) -> None:
+    """Leave the process group. After a run that finished (``clean``) wait for every rank (no
+    collective still in flight) and free what still holds the group (the DDP wrapper and its
+    reducer, which may sit in reference cycles) first: without that, gloo aborted one rank at exit
+    now and then ("terminate called without an active exception"). After an error no barrier: the
+    other ranks may be blocked in a collective this rank will never join (torchrun ends them)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            gc.collect()
+            dist.destroy_process_group()
 
 
 def broadcast_float(value: float, info: DistInfo, device: torch.device) -> float:

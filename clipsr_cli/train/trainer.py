@@ -72,10 +72,13 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         torch.cuda.set_device(device)
     ddp.init(dist, device)
     try:
-        return Trainer(cfg, dist, device, resume=resume, progress=progress, on_step=on_step,
-                       source=source, val_source=val_source).run()
-    finally:
-        ddp.shutdown()
+        result = Trainer(cfg, dist, device, resume=resume, progress=progress, on_step=on_step,
+                         source=source, val_source=val_source).run()
+    except BaseException:
+        ddp.shutdown(clean=False)
+        raise
+    ddp.shutdown()
+    return result
 
 
 def _quiet(message: str) -> None:
