@@ -140,3 +140,10 @@ def test_banded_resize_equals_the_whole_image_resize(factor):
     bands = list(imresize_bands(x, factor, rows=16))
     assert [y0 for y0, _ in bands] == [r * factor for r in range(0, 70, 16)]
     assert torch.equal(torch.cat([b for _, b in bands], dim=-2), imresize(x, factor))
+
+
+def test_inspect_describes_a_pipeline_and_its_stages():
+    r = runner.invoke(app, ["inspect", "clipsr-lite-x16"])
+    assert r.exit_code == 0, r.output
+    assert "clipsr-lite-x4 → clipsr-lite-x4" in r.stdout and "×16" in r.stdout
+    assert "clipsr-lite-x4 parameters:" in r.stdout

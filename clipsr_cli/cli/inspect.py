@@ -22,8 +22,10 @@ def register(app: typer.Typer) -> None:
         from clipsr_cli.cli.console import configure
 
         configure(verbose=verbose)
-        for key, value in describe(model):
-            typer.echo(f"{key + ':':<18} {value}")
+        rows = describe(model)
+        width = max(18, *(len(k) + 1 for k, _ in rows))
+        for key, value in rows:
+            typer.echo(f"{key + ':':<{width}} {value}")
 
 
 def describe(model: str) -> list[tuple[str, str]]:
@@ -34,6 +36,17 @@ def describe(model: str) -> list[tuple[str, str]]:
     from clipsr_cli.model.foreign import is_foreign_file, load_foreign
 
     p = Path(model).expanduser()
+    if not p.is_file():
+        from clipsr_cli.hub.registry import load_registry
+
+        entry = load_registry().find(model)
+        if entry is not None and entry.kind == "pipeline":  # e.g. the built-in x8 and x16
+            rows = [("name", entry.name), ("format", "pipeline (registry entry, no file of its own)"),
+                    ("scale", f"×{entry.scale}"), ("stages", " → ".join(entry.stages))]
+            for stage in dict.fromkeys(entry.stages):
+                if load_registry().find(stage) is not None:
+                    rows += [(f"{stage} {k}", v) for k, v in describe(stage)]
+            return rows
     path = p if p.is_file() else resolve_model(model)
     rows = [("file", str(path))]
     if is_foreign_file(path):
