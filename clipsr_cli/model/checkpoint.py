@@ -93,7 +93,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
-    head, tensors, meta = _read_header(path)
+    head, tensors, meta = read_header(path)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path} is a safetensors file but not a clipsr checkpoint (no clipsr "
                          "metadata); use a checkpoint written by 'clipsr train'")
@@ -139,9 +139,11 @@ def _names_a_clip(config_json: object) -> bool:
 MAX_HEADER_BYTES = 16 << 20
 
 
-def _read_header(path: Path) -> tuple[bytes, dict[str, dict], dict[str, str]]:
+def read_header(path: str | os.PathLike) -> tuple[bytes, dict[str, dict], dict[str, str]]:
     """(the header's bytes, {tensor name: its header entry}, metadata) of a safetensors file,
-    read without its tensors; every malformed or truncated header is a one-line ModelError."""
+    read without its tensors; every malformed or truncated header is a one-line ModelError.
+    The one safetensors header reader (third-party detection and batch planning use it too)."""
+    path = Path(path)
     def invalid(why: str) -> ModelError:
         return ModelError(f"{path} is not a valid safetensors file ({why}); re-download or "
                           "re-export it")

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.errors import ModelError
+from clipsr_cli.model.checkpoint import read_header
 from clipsr_cli.model.config import ModelInfo
 from clipsr_cli.model.prompt import Conditioning
 
@@ -93,19 +94,10 @@ def is_foreign_file(path: str | os.PathLike) -> bool:
     if suffix != ".safetensors":
         return False
     try:
-        import json
-
-        with open(p, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < (100 << 20):
-                return False
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError):
+        _, _, meta = read_header(p)
+    except ModelError:
         return False
-    if not isinstance(header, dict):
-        return False
-    meta = header.get("__metadata__") or {}
-    return isinstance(meta, dict) and meta.get("format") != "clipsr"
+    return meta.get("format") != "clipsr"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

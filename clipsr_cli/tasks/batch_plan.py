@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from clipsr_cli.errors import ModelError
 from clipsr_cli.io.outputs import output_path_for
+from clipsr_cli.model.checkpoint import read_header
 from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult
 from clipsr_cli.tasks.sources import Discovery, Source, shard_of
 
@@ -45,13 +47,9 @@ def checkpoint_scale(model: str) -> int | None:
     if p.suffix != ".safetensors" or not p.is_file():
         return None
     try:
-        with open(p, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < (64 << 20):
-                return None
-            header = json.loads(f.read(n))
-        scale = json.loads(header["__metadata__"]["config"])["scale"]
-    except (OSError, ValueError, KeyError, TypeError):
+        _, _, meta = read_header(p)
+        scale = json.loads(meta["config"])["scale"]
+    except (ModelError, ValueError, KeyError, TypeError):
         return None
     return scale if isinstance(scale, int) else None
 
