@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 from PIL import Image

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from clipsr_cli.tasks import edit as E
 from clipsr_cli.cli.app import app
 from clipsr_cli.data.degrade import imresize
-from clipsr_cli.errors import InputError, ModelError, OutputExistsError, UsageError
+from clipsr_cli.errors import InputError, OutputExistsError, UsageError
 from tests.synthetic import KINDS, make_stripes_dataset, one_thread
 
 runner = CliRunner()

@@ -28,11 +28,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError, ModelError, UsageError, log
 from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, resize_factor

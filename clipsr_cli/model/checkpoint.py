@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from clipsr_cli.errors import ModelError
-from clipsr_cli.io.atomic import atomic_write_bytes  # noqa: F401  (re-exported for callers)
+from clipsr_cli.io.atomic import atomic_write_bytes
 from clipsr_cli.model.clip import ClipBackbone, load_clip
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.model.limits import checked_config
