@@ -65,8 +65,9 @@ def register(app: typer.Typer) -> None:
         log_every: Annotated[Optional[int], typer.Option("--log-every", help="Log losses every N steps.",
                                                          show_default=False)] = None,
         degradation: Annotated[Optional[str], typer.Option(
-            "--degradation", help="bicubic (antialiased MATLAB bicubic, 8-bit; default) or extra "
-            "(+ random blur, noise, JPEG).", show_default=False)] = None,
+            "--degradation", help="bicubic (antialiased MATLAB bicubic, 8-bit; default), extra "
+            "(+ mild random blur, noise, JPEG) or practical (real-photo mix: blur, noise, JPEG 30-95 in "
+            "random order).", show_default=False)] = None,
         sets: Annotated[Optional[List[str]], typer.Option(
             "--set", help="Any setting as SECTION.KEY=VALUE (TOML value), e.g. "
             "--set model.body_blocks=8 --set data.rot90=true. Repeatable.", show_default=False)] = None,

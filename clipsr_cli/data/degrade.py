@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from clipsr_cli.errors import DataError
 
 __all__ = ["imresize", "imresize_bands", "resize_matrix", "DegradeOptions", "degrade", "crop_to_multiple",
-           "quantize_8bit"]
+           "quantize_8bit", "PracticalMix", "degrade_practical"]
 
 
 # -- MATLAB imresize ---------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class DegradeOptions:
 
     @classmethod
     def extra(cls) -> DegradeOptions:
-        """A mild blur + noise + JPEG preset (what training's ``extra_degradation`` switches on)."""
+        """A mild blur + noise + JPEG preset (training's ``data.degradation = "extra"``)."""
         return cls(blur_sigma=(0.0, 1.5), noise_sigma=(0.0, 5.0), jpeg_quality=(70, 95))
 
     @property
@@ -299,3 +299,62 @@ def degrade(hr: torch.Tensor, scale: int, *, quantize: bool = True,
     if quantize:
         lr = quantize_8bit(lr)
     return lr[0] if single else lr
+
+
+# -- practical (real-photo) degradation --------------------------------------------------------------
+@dataclass(frozen=True)
+class PracticalMix:
+    """The random mixture of real-photo degradations that trains the degradation-aware built-in
+    (``data.degradation = "practical"``). Per image: clean with ``p_clean``; else an optional HR
+    blur, the bicubic downscale, then Gaussian noise and a JPEG re-encode, each optional, in a
+    random order (noise first with ``p_noise_first``: camera noise, then the camera's JPEG)."""
+
+    p_clean: float = 0.1
+    p_blur: float = 0.3
+    blur_sigma: tuple[float, float] = (0.2, 1.5)
+    p_noise: float = 0.5
+    noise_sigma: tuple[float, float] = (1.0, 15.0)
+    """Std in 0-255 units; a third of the noisy images get the same noise in every channel."""
+    p_gray_noise: float = 0.3
+    p_jpeg: float = 0.7
+    jpeg_quality: tuple[int, int] = (30, 95)
+    p_noise_first: float = 0.8
+
+
+def degrade_practical(hr: torch.Tensor, scale: int, *, mix: PracticalMix = PracticalMix(),
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """HR (B, 3, H, W) in [0, 1] -> 8-bit LR (B, 3, H/s, W/s) by the ``PracticalMix`` (one random
+    draw of every choice per image, from ``generator``). JPEG goes through PIL as a saved file."""
+    if hr.dim() != 4 or not torch.is_floating_point(hr):
+        raise DataError(f"degrade_practical expects a float (B, C, H, W) batch, got "
+                        f"{hr.dtype} {tuple(hr.shape)}")
+    b, c, h, w = hr.shape
+    if h % scale or w % scale:
+        raise DataError(f"image size {w}x{h} is not divisible by the scale {scale}")
+    draws = _uniform(b * 7, 0.0, 1.0, generator).reshape(7, b)
+    clean = draws[0] < mix.p_clean
+    blur = (draws[1] < mix.p_blur) & ~clean
+    noisy = (draws[2] < mix.p_noise) & ~clean
+    gray = draws[3] < mix.p_gray_noise
+    jpeg = (draws[4] < mix.p_jpeg) & ~clean
+    noise_first = draws[5] < mix.p_noise_first
+    x = hr
+    if bool(blur.any()):
+        sig = _uniform(b, *mix.blur_sigma, generator) * blur
+        x = _gaussian_blur(x, sig)  # sigma 0 (clamped to 1e-6): the identity
+    lr = imresize(x, size=(h // scale, w // scale)) if scale > 1 else x.clone()
+    sig = (_uniform(b, *mix.noise_sigma, generator) * noisy / 255).to(lr.device, lr.dtype)
+    device = generator.device if generator is not None else lr.device
+    noise = torch.randn(lr.shape, generator=generator, device=device, dtype=lr.dtype).to(lr.device)
+    noise = torch.where(gray.to(lr.device)[:, None, None, None], noise[:, :1].expand_as(noise), noise)
+    noise = noise * sig[:, None, None, None]
+    q = torch.randint(mix.jpeg_quality[0], mix.jpeg_quality[1] + 1, (b,), generator=generator,
+                      device=device).tolist()
+    first = noise_first.to(lr.device)[:, None, None, None]
+    lr = quantize_8bit((lr + torch.where(first, noise, torch.zeros_like(noise))).clamp(0, 1))
+    idx = [i for i in range(b) if bool(jpeg[i])]
+    if idx:
+        lr = lr.clone()
+        lr[idx] = _jpeg(lr[idx], [q[i] for i in idx])
+    lr = lr + torch.where(first, torch.zeros_like(noise), noise)
+    return quantize_8bit(lr.clamp(0, 1))

@@ -50,17 +50,19 @@ class Degrader:
     device (the same matrices and order as ``imresize``'s dense path, so the result is
     identical), which keeps the training step free of host-to-device copies and syncs."""
 
-    def __init__(self, scale: int, *, extra: bool = False):
-        self.scale, self.extra = scale, extra
+    def __init__(self, scale: int, *, kind: str = "bicubic"):
+        self.scale, self.kind = scale, kind
         self._mats: dict = {}
 
     def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        from clipsr_cli.data.degrade import DegradeOptions, degrade, quantize_8bit
+        from clipsr_cli.data.degrade import DegradeOptions, degrade, degrade_practical, quantize_8bit
 
         s = self.scale
         h, w = hr.shape[-2:]
-        if self.extra or s == 1 or h % s or w % s:
-            options = DegradeOptions.extra() if self.extra else None
+        if self.kind == "practical":
+            return degrade_practical(hr, s, generator=generator)
+        if self.kind == "extra" or s == 1 or h % s or w % s:
+            options = DegradeOptions.extra() if self.kind == "extra" else None
             return degrade(hr, s, quantize=True, options=options, generator=generator)
         key = (h, w, hr.device, hr.dtype)
         mats = self._mats.get(key)
@@ -190,7 +192,7 @@ class MemorySampler:
     def __init__(self, images: Sequence[torch.Tensor], captions: Sequence[tuple[str, ...]], *,
                  scale: int, patch: int, batch: int, device: torch.device, seed: int,
                  hflip: bool, vflip: bool, rot90: bool, caption_dropout: float,
-                 extra_degradation: bool = False):
+                 degradation: str = "bicubic"):
         if not images:
             raise DataError("no usable training images")
         self.images = [im.to(device) for im in images]
@@ -199,7 +201,7 @@ class MemorySampler:
         self.hp = patch * scale
         self.flags = dict(hflip=hflip, vflip=vflip, rot90=rot90)
         self.caption_dropout = caption_dropout
-        self.degrade = Degrader(scale, extra=extra_degradation)
+        self.degrade = Degrader(scale, kind=degradation)
         self.gen = torch.Generator().manual_seed(seed)  # host-side choices: image, crop, caption
         self.dev_gen = torch.Generator(device=device).manual_seed(seed + 1)  # flips, dropout, LR
         # crop positions on the LR grid: (H//s - P + 1) choices per axis
@@ -287,13 +289,13 @@ class StreamSampler:
 
     def __init__(self, source, *, scale: int, patch: int, batch: int, device: torch.device,
                  seed: int, workers: int, resize_shorter: int, hflip: bool, vflip: bool,
-                 rot90: bool, caption_dropout: float, bad: BadImages, extra_degradation: bool = False):
+                 rot90: bool, caption_dropout: float, bad: BadImages, degradation: str = "bicubic"):
         if len(source) == 0:
             raise DataError("the training dataset is empty")
         self.source, self.scale, self.patch, self.batch, self.device = source, scale, patch, batch, device
         self.flags = dict(hflip=hflip, vflip=vflip, rot90=rot90)
         self.caption_dropout, self.bad = caption_dropout, bad
-        self.degrade = Degrader(scale, extra=extra_degradation)
+        self.degrade = Degrader(scale, kind=degradation)
         self.seed, self.workers, self.resize_shorter = seed, workers, resize_shorter
         self.gen = torch.Generator().manual_seed(seed)
         self.dev_gen = torch.Generator(device=device).manual_seed(seed + 1)

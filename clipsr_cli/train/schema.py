@@ -121,9 +121,10 @@ class DataSection:
     """Random 90-degree rotations (change what captions describe: off by default)."""
     caption_dropout: float = 0.1
     """Probability of training a sample without its caption (so the model works without text)."""
-    degradation: Literal["bicubic", "extra"] = "bicubic"
-    """LR = antialiased bicubic downscale quantised to 8 bits; ``extra`` adds blur/noise/JPEG-like
-    degradations (DegradeOptions defaults)."""
+    degradation: Literal["bicubic", "extra", "practical"] = "bicubic"
+    """LR = antialiased bicubic downscale quantised to 8 bits; ``extra`` adds mild blur/noise/JPEG
+    (DegradeOptions.extra); ``practical`` the real-photo mixture of the degradation-aware built-in
+    (data.degrade.PracticalMix: blur, noise up to 15, JPEG 30-95, random order, 10% clean)."""
     max_bad_fraction: float = 0.05
     """Stop with an error when more than this fraction of the images cannot be read."""
 

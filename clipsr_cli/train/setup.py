@@ -188,7 +188,7 @@ def build_data(cfg: TrainConfig, mcfg: ModelConfig, text: TextCache | None, devi
     seed = cfg.run.seed * 1000 + dist.rank
     common = dict(scale=d.scale, patch=d.patch_size, batch=d.batch_size, device=device, seed=seed,
                   hflip=d.hflip, vflip=d.vflip, rot90=d.rot90, caption_dropout=d.caption_dropout,
-                  extra_degradation=d.degradation == "extra")
+                  degradation=d.degradation)
     if in_memory:
         t0 = time.monotonic()
         images, captions = decode_all(source, min_side=hp, resize_shorter=d.resize_shorter, bad=bad,
