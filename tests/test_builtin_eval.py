@@ -75,9 +75,11 @@ def test_eval_builtin_beats_bicubic_on_smooth_images(tmp_path):
                             "--report", str(rep)])
     assert r.exit_code == 0, r.output
     out = json.loads(rep.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert out["scale"] == 4 and out["mean"]["clip_score"] is None and len(out["images"]) == 2
+    (cond,) = out["conditions"]
+    assert out["version"] == 3 and cond["degrade"] == "clean"
+    assert out["scale"] == 4 and cond["mean"]["clip_score"] is None and len(cond["images"]) == 2
     assert "LPIPS" in r.stderr  # says what could not be computed
-    m = out["mean"]
+    m = cond["mean"]
     assert m["gain"] == pytest.approx(m["model_psnr"] - m["bicubic_psnr"])
     assert "mean" in r.stdout and "p0.png" in r.stdout
 
@@ -85,6 +87,7 @@ def test_eval_builtin_beats_bicubic_on_smooth_images(tmp_path):
 def test_eval_metrics_match_direct_computation(tmp_path, tiny_ckpt):
     """The report's numbers are the protocol's: recompute one image by hand."""
     from clipsr_cli.data.degrade import degrade, imresize
+    from clipsr_cli.data.lr_file import degrade_file
     from clipsr_cli.infer.engine import Upscaler
     from clipsr_cli.tasks.evaluate import evaluate
     from clipsr_cli.data.metrics import psnr, ssim
@@ -98,7 +101,8 @@ def test_eval_metrics_match_direct_computation(tmp_path, tiny_ckpt):
     (row,) = rep.images
     assert row.size == (48, 40)
     hr = torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1)[None, :, :40, :48]
-    lr = degrade(hr, 4)
+    lr = degrade_file(degrade(hr, 4), "clean")  # the clean LR, as a PNG read back
+    assert torch.allclose(lr, degrade(hr, 4), atol=1e-7, rtol=0)
     bic = imresize(lr, 4).clamp(0, 1)
     assert row.bicubic_psnr == pytest.approx(float(psnr(bic, hr, border=4)), abs=1e-9)
     assert row.bicubic_ssim == pytest.approx(float(ssim(bic, hr, border=4)), abs=1e-9)
@@ -113,7 +117,7 @@ def test_eval_csv_report_and_bad_report_name(tmp_path, tiny_ckpt):
     ck = str(tiny_ckpt(4))
     r = runner.invoke(app, ["eval", "--data", str(d), "-m", ck, "--report", str(tmp_path / "r.csv")])
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "r.csv").read_text().startswith("name,width,height")
+    assert (tmp_path / "r.csv").read_text().startswith("degrade,name,width,height")
     r = runner.invoke(app, ["eval", "--data", str(d), "-m", ck, "--report", str(tmp_path / "r.txt")])
     assert r.exit_code == 1 and "json or .csv" in r.stderr
 

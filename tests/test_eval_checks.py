@@ -66,7 +66,8 @@ def test_eval_flags_invented_texture_and_the_builtin_passes(tmp_path, texture_mo
     assert r.exit_code == 0, r.output
     assert "invented texture" in r.stderr and "sky.png" in r.stderr
     out = json.loads(rep.read_text())
-    assert out["images"][0]["invented_texture"] is True and out["mean"]["invented_texture"] == "1/1"
+    (cond,) = out["conditions"]
+    assert cond["images"][0]["invented_texture"] is True and cond["mean"]["invented_texture"] == "1/1"
     r = runner.invoke(app, ["eval", "-d", str(d), "-s", "16"])
     assert r.exit_code == 0, r.output
     assert "no invented texture" in r.stderr

@@ -3,7 +3,10 @@
 For every HR image: crop to a multiple of the scale, LR = the training degradation (MATLAB
 bicubic, antialiased, 8-bit; or, with ``resizer``, Pillow's bicubic or Lanczos downscale of the
 8-bit HR, to check that a model does not depend on one resizer), bicubic baseline = MATLAB bicubic
-upscale of that LR, model output through the inference engine. Metrics
+upscale of that LR, model output through the inference engine. With ``degrade`` (``jpeg:75``,
+``noise:5``, ...; ``clipsr_cli.data.lr_file``) the LR is first made into the file a user would
+have (JPEG at that quality, or noisy PNG) and read back, and both the model and bicubic start
+from that same degraded LR; one report per condition. Metrics
 (``clipsr_cli.data.metrics``): PSNR and SSIM on the Y channel (ITU-R BT.601) with ``scale`` pixels
 of border cropped, plus RGB PSNR, and the smooth-region check (``clipsr_cli.data.smooth``: is the
 output worse than bicubic where the scene is smooth, i.e. does it invent texture?). Deterministic.
@@ -14,18 +17,20 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from clipsr_cli.data.datasets import open_dataset
 from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
+from clipsr_cli.data.lr_file import FileDegradation, degrade_file
 from clipsr_cli.data.metrics import psnr, ssim
 from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import DataError, InputError, UsageError
 
-REPORT_VERSION = 2
-CSV_FIELDS = ("name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
+REPORT_VERSION = 3  # 3: one entry per LR condition (`degrade`) under "conditions"
+CSV_FIELDS = ("degrade", "name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
               "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score",
               "smooth_fraction", "smooth_delta", "invented_texture")
 RESIZERS = ("matlab", "pil-bicubic", "lanczos")
@@ -61,6 +66,8 @@ class EvalReport:
     scale: int
     data: str
     resizer: str = "matlab"
+    degrade: str = "clean"
+    """How the LR file was made (``clipsr_cli.data.lr_file.FileDegradation`` as text)."""
     images: list[ImageScores] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -86,22 +93,35 @@ class EvalReport:
         out["invented_texture"] = f"{len(self.flagged)}/{len(self.images)}"
         return out
 
-    def to_json(self) -> dict:
-        """The JSON report (NaN, a metric that could not be computed, is written as null)."""
-        rows = [dict(asdict(i), gain=i.gain) for i in self.images]
-        return {"version": REPORT_VERSION, "model": self.model, "scale": self.scale,
-                "data": self.data, "resizer": self.resizer,
-                "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both images "
-                            f"8-bit, border {self.scale} px cropped; LR by {self.resizer}",
-                "mean": self.summary(), "images": rows, "notes": self.notes}
+    def condition_json(self) -> dict:
+        """This condition's part of the JSON report (NaN, a metric that could not be computed, is
+        written as null by the report writer)."""
+        return {"degrade": self.degrade, "mean": self.summary(),
+                "images": [dict(asdict(i), gain=i.gain) for i in self.images]}
 
     def csv_rows(self) -> list[dict]:
         rows = []
         for i in self.images:
             d = asdict(i)
             d["width"], d["height"] = d.pop("size")
-            rows.append(dict(d, gain=i.gain))
+            rows.append(dict(d, gain=i.gain, degrade=self.degrade))
         return rows
+
+
+def report_json(reports: EvalReport | Sequence[EvalReport]) -> dict:
+    """The JSON report of one model at one scale under one or more LR conditions."""
+    reps = [reports] if isinstance(reports, EvalReport) else list(reports)
+    if not reps:
+        raise ValueError("report_json needs at least one EvalReport")
+    r0 = reps[0]
+    notes = list(dict.fromkeys(n for r in reps for n in r.notes))
+    return {"version": REPORT_VERSION, "model": r0.model, "scale": r0.scale, "data": r0.data,
+            "resizer": r0.resizer,
+            "protocol": f"PSNR/SSIM on Y (ITU-R BT.601) and PSNR on RGB, both images 8-bit, "
+                        f"border {r0.scale} px cropped; LR by {r0.resizer}, 8-bit, then per "
+                        f"condition made into a file (clean/noise: PNG; jpeg:Q: Pillow JPEG at "
+                        f"quality Q, 4:2:0) and read back; bicubic upscales that same LR",
+            "conditions": [r.condition_json() for r in reps], "notes": notes}
 
 
 def _to_tensor(img) -> torch.Tensor:
@@ -124,8 +144,11 @@ def _lr_of(hr: torch.Tensor, scale: int, resizer: str) -> torch.Tensor:
 
 def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
              captions: str | os.PathLike | None = None, format: str = "auto", split: str = "test",
-             limit: int | None = None, resizer: str = "matlab", progress=None) -> EvalReport:
-    """Score ``upscaler`` against bicubic on the HR images of ``data``."""
+             limit: int | None = None, resizer: str = "matlab",
+             degrade: FileDegradation | str = "clean", progress=None) -> EvalReport:
+    """Score ``upscaler`` against bicubic on the HR images of ``data``, the LR made into a file
+    as ``degrade`` says (``"clean"``, ``"jpeg:75"``, ``"noise:5"``)."""
+    cond = FileDegradation.parse(degrade)
     if resizer not in RESIZERS:
         raise UsageError(f"`resizer` must be one of {', '.join(RESIZERS)}, not {resizer!r}",
                          param="resizer")
@@ -138,7 +161,8 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
 
         table = CaptionTable.load(captions)
     s = upscaler.scale
-    report = EvalReport(model=upscaler.name, scale=s, data=str(data), resizer=resizer)
+    report = EvalReport(model=upscaler.name, scale=s, data=str(data), resizer=resizer,
+                        degrade=str(cond))
     text_model = upscaler.info.text_conditioned
     n = len(source) if limit is None else min(limit, len(source))
     clip_note = None
@@ -160,7 +184,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             report.notes.append(f"skipped {sample.path.name}: too small for ×{s} ({img.size[0]}×"
                                 f"{img.size[1]})")
             continue
-        lr = _lr_of(hr, s, resizer)
+        lr = degrade_file(_lr_of(hr, s, resizer), cond, seed=Path(sample.path).name)
         bic = imresize(lr, s).clamp(0, 1)
         sr = upscaler.upscale_tensor(lr, caption if text_model else None)
         smooth = smooth_region_check(sr, hr, bic, border=s)
@@ -205,14 +229,17 @@ def _lpips_note() -> str:
     return "LPIPS: not computed (the lpips package is installed but clipsr does not fetch its weights)"
 
 
-def write_report(report: EvalReport, path: str | os.PathLike) -> Path:
-    """``report`` as FILE.json (strict JSON) or FILE.csv, atomically (an old report is replaced)."""
+def write_report(reports: EvalReport | Sequence[EvalReport], path: str | os.PathLike) -> Path:
+    """``reports`` (one per LR condition) as FILE.json (strict JSON) or FILE.csv, atomically (an
+    old report is replaced)."""
     from clipsr_cli.io.reports import write_csv, write_json
 
+    reps = [reports] if isinstance(reports, EvalReport) else list(reports)
     path = Path(path).expanduser()
     ext = path.suffix.lower()
     if ext == ".json":
-        return write_json(path, report.to_json(), version=REPORT_VERSION, overwrite=True)
+        return write_json(path, report_json(reps), version=REPORT_VERSION, overwrite=True)
     if ext == ".csv":
-        return write_csv(path, report.csv_rows(), fields=CSV_FIELDS, overwrite=True)
+        return write_csv(path, [row for r in reps for row in r.csv_rows()], fields=CSV_FIELDS,
+                         overwrite=True)
     raise InputError(f"`report` {path}: use a .json or .csv file name")
