@@ -15,11 +15,27 @@ and a library user may route wherever they like.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 #: The library's logger. ``info`` for what a run did, ``warning`` for what a user should know.
 log = logging.getLogger("clipsr")
 log.addHandler(logging.NullHandler())
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal: ``signum`` is ``signal.SIGINT`` (Ctrl-C) or
+    ``signal.SIGTERM``.
+
+    A ``KeyboardInterrupt``, so everything that cleans up after Ctrl-C (temporary files removed,
+    a training checkpoint written) does so for SIGTERM too. The CLI, once everything has unwound,
+    ends the process *by this signal* (``clipsr_cli.cli.signals``), as Unix tools do, so that a
+    shell loop or script running ``clipsr`` stops as well.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class ClipsrError(Exception):

@@ -2,11 +2,13 @@
 
 The one error handler is here: every :class:`~clipsr_cli.errors.ClipsrError` becomes one line on
 stderr, in command-line words, and its ``exit_code`` (:mod:`clipsr_cli.cli.exits`: 1 error,
-2 usage error, 3 ``batch`` partial, 130 interrupted).
+2 usage error, 3 ``batch`` partial, 130 interrupted: :func:`main` then ends the process by the
+signal itself, see :mod:`clipsr_cli.cli.signals`).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated, Optional
 
@@ -15,6 +17,7 @@ from typer.core import TyperArgument, TyperGroup
 
 from clipsr_cli import __version__
 from clipsr_cli.cli import options as o
+from clipsr_cli.cli import signals
 from clipsr_cli.cli.console import cli_words, err_console, state, use_command
 from clipsr_cli.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
                                   EXIT_PARTIAL, EXIT_USAGE)
@@ -60,7 +63,8 @@ class _Group(TyperGroup):
             err_console.print("[bold red]error:[/] ", end="", highlight=False)
             err_console.print(cli_words(str(e)), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            signals.note(getattr(e, "signum", signal.SIGINT))
             err_console.print("[yellow]interrupted[/]", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError:
@@ -125,7 +129,14 @@ _register()
 
 
 def main() -> None:
-    app(prog_name="clipsr")
+    """The ``clipsr`` program: the app, and on Ctrl-C / SIGTERM, after its cleanup, the end by
+    that signal (:mod:`clipsr_cli.cli.signals`), so that a shell loop running clipsr stops too."""
+    try:
+        with signals.handling():
+            app(prog_name="clipsr")
+    except (SystemExit, KeyboardInterrupt):
+        signals.die()
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

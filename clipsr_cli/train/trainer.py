@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from clipsr_cli.errors import TrainingError, log
+from clipsr_cli.errors import Interrupted, TrainingError, log
 from clipsr_cli.train import ddp, rundir
 from clipsr_cli.train.config import incompatibilities
 from clipsr_cli.train.rundir import CHECKPOINT, CONFIG, EXPORT, STATE_VERSION, MetricsLog, to_cpu
@@ -63,8 +63,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     it); ``on_step(step, losses)`` after every optimisation step on every rank (tests use it to
     interrupt a run). ``source`` / ``val_source``: image sources (``len``, ``load(i) -> (PIL
     image, captions)``) used instead of ``cfg.data.path`` / ``cfg.data.val``. KeyboardInterrupt /
-    SIGTERM stop cleanly: the state is checkpointed and the EMA exported, then KeyboardInterrupt
-    is re-raised. ``show_progress`` is ignored (kept for old callers; pass ``progress``).
+    SIGTERM stop cleanly (at a step boundary, the same one on every rank): the state is
+    checkpointed and the EMA exported, then the KeyboardInterrupt is re-raised (for SIGTERM an
+    ``Interrupted(signal.SIGTERM)``, so the CLI can end by that signal). ``show_progress`` is ignored (kept for old callers; pass ``progress``).
     """
     dist = ddp.env_info()
     device = resolve_device(cfg.run.device, dist)
@@ -278,13 +279,13 @@ class Trainer:
                     flag = 1e9 if stop["sig"] else now
                     flag = ddp.broadcast_float(flag, dist, device) if dist.enabled else flag
                     if flag >= 1e9:
-                        raise KeyboardInterrupt
+                        raise Interrupted(signal.SIGTERM)
                     now = flag
                     if run.time_limit and now >= run.time_limit:
                         stopped = "time"
                         break
                 elif stop["sig"]:
-                    raise KeyboardInterrupt
+                    raise Interrupted(signal.SIGTERM)
                 f = lr_factor(self.step, cfg, now / run.time_limit if run.time_limit else 0.0)
                 for group in g.opt.param_groups:
                     group["lr"] = cfg.optim.lr * f

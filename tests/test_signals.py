@@ -1,0 +1,120 @@
+"""Ctrl-C and SIGTERM end clipsr *killed by the signal* after its cleanup, so that a shell loop
+running clipsr stops too (issue #22, item 1). Real processes: the signal goes to the process
+group, as a terminal sends Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+CLIPSR = f"{sys.executable} -m clipsr_cli"
+
+pytestmark = pytest.mark.slow
+
+
+def _images(folder: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+    return folder
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.part")) if folder.exists() else []
+
+
+def _start(cmd, **kw) -> subprocess.Popen:
+    """In a new session (its own process group, like a terminal's foreground job)."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, start_new_session=True, **kw)
+
+
+def _first_line(proc: subprocess.Popen, timeout: float = 180) -> str:
+    """The first stdout line (a batch output, printed once its file is complete); a process that
+    never prints is killed so the suite cannot hang."""
+    watchdog = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        return proc.stdout.readline().decode().strip()
+    finally:
+        watchdog.cancel()
+
+
+def test_ctrl_c_stops_a_shell_loop_of_clipsr_runs(tmp_path, tiny_ckpt):
+    """``for i in 1 2; do clipsr batch ...; done`` + Ctrl-C: the loop stops (bash itself ends
+    killed by SIGINT, which it does only when its child was killed by SIGINT), the second run
+    never starts, and no temporary file is left."""
+    src = _images(tmp_path / "in", 40)
+    script = (f'for i in 1 2; do echo "run $i" >&2; {CLIPSR} batch {src} -o {tmp_path}/out$i '
+              f'-m {tiny_ckpt()} --device cpu; done; echo "after the loop" >&2')
+    proc = _start(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = _first_line(proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert first, err
+    assert proc.returncode == -signal.SIGINT, err
+    assert "run 1" in err and "interrupted" in err
+    assert "run 2" not in err and "after the loop" not in err
+    assert "Traceback" not in err
+    done = sorted(p.name for p in (tmp_path / "out1").iterdir())
+    assert 0 < len(done) < 40 and Path(first).name in done
+    assert _parts(tmp_path / "out1") == [] and not (tmp_path / "out2").exists()
+
+
+def test_sigterm_cleans_up_then_ends_killed_by_sigterm(tmp_path, tiny_ckpt):
+    """The child's own wait status: killed by SIGTERM (a shell's $? = 143), after the same
+    cleanup as Ctrl-C (no temporary file, the summary line)."""
+    src, out = _images(tmp_path / "in", 40), tmp_path / "out"
+    proc = _start([sys.executable, "-m", "clipsr_cli", "batch", str(src), "-o", str(out), "-m",
+                   str(tiny_ckpt()), "--device", "cpu"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = _first_line(proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert first, err
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert 0 < len(list(out.iterdir())) < 40 and _parts(out) == []
+
+
+def test_ctrl_c_in_training_checkpoints_then_ends_killed_by_sigint(tmp_path):
+    """``clipsr train`` + Ctrl-C: the checkpoint is written, then the process ends killed by
+    SIGINT (the child's wait status), with no temporary file left."""
+    from tests.test_train import _photos
+
+    data, run = _photos(tmp_path / "photos"), tmp_path / "run"
+    proc = _start([sys.executable, "-m", "clipsr_cli", "train", "--data", str(data), "--out",
+                   str(run), "--scale", "4", "--clip", "none", "--steps", "100000",
+                   "--batch-size", "2", "--patch-size", "8", "--log-every", "1", "--device",
+                   "cpu", "--set", "model.encoder_widths=[8, 12, 16]", "--set",
+                   "model.body_blocks=1", "--set", "model.up_widths=[8, 8]"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and '"loss"' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    assert out == b""  # no result: the run did not finish
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps and (run / "checkpoint.pt").exists(), sorted(os.listdir(run))
+    assert _parts(run) == []
