@@ -79,6 +79,9 @@ class ModelEntry:
     """Generators: whether the model takes a caption (then ``clip`` is required)."""
     clip: str | None = None
     """Text-guided generators: the CLIP backbone spec they need, ``ARCH:WEIGHTS``."""
+    degradation_model: str | None = None
+    """Generators: a registered generator of the same architecture trained on degraded inputs
+    (JPEG, noise, blur); ``--degradation``/``--denoise`` run between the two weight sets."""
     arch: str | None = None
     """CLIP entries: the open_clip architecture name (``ViT-B-32``)."""
     weights: str | None = None
@@ -172,6 +175,12 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
         for key in ("arch", "weights"):
             if key in raw:
                 raise bad(f"{key!r} is only for CLIP entries")
+        partner = raw.get("degradation_model")
+        if partner is not None and (not isinstance(partner, str) or not _NAME_RE.match(partner)
+                                    or partner == name):
+            raise bad("'degradation_model' must name another registered generator")
+    elif "degradation_model" in raw:
+        raise bad("'degradation_model' is only for generator entries")
     elif kind == "spandrel":
         if not file.endswith((".safetensors", ".pth", ".pt", ".ckpt")):
             raise bad("a spandrel file must be .safetensors, .pth, .pt or .ckpt")
@@ -195,6 +204,7 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
     return ModelEntry(name=name, kind=kind, description=raw["description"],
                       license=raw["license"], file=file, sha256=sha, size=size, urls=tuple(urls),
                       source=source, scale=scale, text_guided=text_guided, clip=raw.get("clip"),
+                      degradation_model=raw.get("degradation_model"),
                       arch=raw.get("arch"), weights=raw.get("weights"), origin=origin)
 
 
@@ -202,7 +212,8 @@ def _parse_pipeline(raw: dict, bad, origin: str) -> ModelEntry:
     missing = [k for k in _PIPELINE_REQUIRED if k not in raw]
     if missing:
         raise bad(f"missing keys {missing}")
-    for key in ("file", "sha256", "size", "urls", "source", "clip", "arch", "weights"):
+    for key in ("file", "sha256", "size", "urls", "source", "clip", "arch", "weights",
+                "degradation_model"):
         if key in raw:
             raise bad(f"{key!r} is not for pipeline entries (a pipeline has no file of its own)")
     for key in ("name", "description", "license"):

@@ -16,38 +16,68 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError
+from clipsr_cli.infer.degradation import Degradation, Strength, choose_strength
 from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.io import images as imageio
 from clipsr_cli.io.images import LoadedImage
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["Engine", "ProgressFn", "upscale_alpha"]
+__all__ = ["Engine", "ProgressFn", "StrengthLike", "upscale_alpha"]
+
+
+StrengthLike = Strength | float | None
 
 
 class Engine:
-    """The shared output side of the engines (subclasses define ``scale`` and ``bands``)."""
+    """The shared output side of the engines (subclasses define ``scale`` and ``bands``).
+
+    ``strength`` (every method): the degradation strength of the input (see
+    :mod:`clipsr_cli.infer.degradation`): a :class:`Strength`, a number in [0, 1], or None to
+    decide it from the input by the engine's ``degradation`` choice. Only engines with
+    degradation-aware weights (``blendable``) use it."""
 
     scale: int
+    degradation: Degradation = Degradation()
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
-              text_embedding: torch.Tensor | None = None,
-              progress: ProgressFn | None = None):  # pragma: no cover - abstract
+              text_embedding: torch.Tensor | None = None, progress: ProgressFn | None = None,
+              strength: float = 0.0):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def blendable(self) -> bool:
+        """Whether the engine has degradation-aware weights to blend in (``strength`` matters)."""
+        return False
+
+    def strength_for(self, image: LoadedImage | torch.Tensor) -> Strength:
+        """The degradation strength this engine uses for ``image`` (decided once per image)."""
+        if not self.blendable:
+            return Strength(0.0, "the model has no degradation-aware weights")
+        return choose_strength(self.degradation, image)
+
+    def _strength(self, strength: StrengthLike, image: LoadedImage | torch.Tensor) -> float:
+        if strength is None:
+            strength = self.strength_for(image) if self.blendable else Strength(0.0, "")
+        return float(strength.value if isinstance(strength, Strength) else strength)
 
     def upscale_tensor(self, lr: torch.Tensor, text: str | None = None, *,
                        text_embedding: torch.Tensor | None = None,
-                       progress: ProgressFn | None = None) -> torch.Tensor:
+                       progress: ProgressFn | None = None,
+                       strength: StrengthLike = None) -> torch.Tensor:
         """(1, 3, H, W) in [0, 1] → (1, 3, s·H, s·W) float32 in [0, 1] on the CPU."""
         h, w = lr.shape[-2:]
+        t = self._strength(strength, lr)
         out = torch.empty(1, 3, h * self.scale, w * self.scale)
-        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress,
+                                   strength=t):
             out[:, :, y0:y0 + band.shape[2]] = band.cpu()
         return out
 
     def upscale_array(self, lr: torch.Tensor, text: str | None = None, *, bit_depth: int = 8,
                       text_embedding: torch.Tensor | None = None,
-                      progress: ProgressFn | None = None) -> np.ndarray:
+                      progress: ProgressFn | None = None,
+                      strength: StrengthLike = None) -> np.ndarray:
         """Like ``upscale_tensor`` but returns a quantised (s·H, s·W, 3) uint8/uint16 array, filled
         band by band: a 192-megapixel output needs 0.6 GB (uint8), not 2.3 GB of float32."""
         h, w = lr.shape[-2:]
@@ -59,19 +89,22 @@ class Engine:
                              f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
                              "available; use a smaller scale or crop the image")
         dtype, maxv = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
+        t = self._strength(strength, lr)
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=dtype)
-        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress):
+        for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress,
+                                   strength=t):
             q = band[0].mul_(maxv).round_().permute(1, 2, 0).cpu()  # in place: no extra copy
             out[y0:y0 + q.shape[0]] = q.numpy()  # numpy casts while copying
         return out
 
-    def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None):
+    def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None,
+                strength: StrengthLike = None):
         """Upscale a PIL image (→ PIL image; alpha kept, upscaled separately) or a
         (1, 3, H, W) / (3, H, W) tensor in [0, 1] (→ tensor of the same rank)."""
         if isinstance(image, torch.Tensor):
             squeeze = image.ndim == 3
             x = image.unsqueeze(0) if squeeze else image
-            out = self.upscale_tensor(x, text, progress=progress)
+            out = self.upscale_tensor(x, text, progress=progress, strength=strength)
             return out[0] if squeeze else out
         from PIL import Image
 
@@ -79,17 +112,20 @@ class Engine:
             raise InputError(f"cannot upscale an object of type {type(image).__name__}; pass a "
                              "PIL image or a tensor")
         loaded = imageio.from_pil(image)
-        rgb, alpha = self.upscale_image(loaded, text, progress=progress)
+        rgb, alpha = self.upscale_image(loaded, text, progress=progress, strength=strength)
         return imageio.to_pil(rgb, alpha, bit_depth=loaded.bit_depth, grayscale=loaded.grayscale,
                               icc_profile=loaded.icc_profile)
 
     def upscale_image(self, image: LoadedImage, text: str | None = None, *,
                       text_embedding: torch.Tensor | None = None,
-                      progress: ProgressFn | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+                      progress: ProgressFn | None = None,
+                      strength: StrengthLike = None) -> tuple[np.ndarray, torch.Tensor | None]:
         """Upscale a decoded image: colour through the network (a (s·H, s·W, 3) array at the
-        image's bit depth) and alpha, if any, on its own (bicubic, see :func:`upscale_alpha`)."""
+        image's bit depth) and alpha, if any, on its own (bicubic, see :func:`upscale_alpha`).
+        With ``strength=None`` the strength is decided from the decoded file (a JPEG's tables)."""
+        t = self._strength(strength, image)
         rgb = self.upscale_array(image.rgb, text, bit_depth=image.bit_depth,
-                                 text_embedding=text_embedding, progress=progress)
+                                 text_embedding=text_embedding, progress=progress, strength=t)
         alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
         return rgb, alpha
 

@@ -47,8 +47,10 @@ def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None
                    ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
     """Upscale ``images`` (all the same size, untiled: see :func:`batch_limit`) with their
     captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it."""
-    if len(images) == 1 or not isinstance(up, Upscaler):
+    strengths = [up.strength_for(im).value for im in images] if up.blendable else [0.0]
+    if len(images) == 1 or not isinstance(up, Upscaler) or len(set(strengths)) > 1:
         return [up.upscale_image(im, t) for im, t in zip(images, texts)]
+    up.set_strength(strengths[0])
     h, w = images[0].rgb.shape[-2:]
     if any(im.rgb.shape[-2:] != (h, w) for im in images):
         raise ValueError("upscale_images needs images of one size")

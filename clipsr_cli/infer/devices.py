@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from clipsr_cli.errors import DeviceError, UsageError
+from clipsr_cli.errors import DeviceError, UsageError, log
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -104,3 +104,21 @@ def available_memory(device: torch.device) -> int:
 
 
 _available_memory = available_memory  # the old private name
+
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def supported_dtype(precisions: tuple[str, ...], dtype: torch.dtype, precision: str,
+                    name: str) -> torch.dtype:
+    """``dtype`` if the model runs in it; for ``precision='auto'`` fp32 instead (with a note),
+    and an explicit precision the model does not support is refused (UsageError)."""
+    chosen = _PRECISION_NAMES[dtype]
+    if chosen in precisions:
+        return dtype
+    if str(precision).strip().lower() == "auto":
+        log.info("model %s does not run in %s; using fp32", name, chosen)
+        return torch.float32
+    raise UsageError(f"model {name} does not support {chosen} (it runs in "
+                     f"{', '.join(precisions)}); use `precision='fp32'` or "
+                     "`precision='auto'`", param="precision")

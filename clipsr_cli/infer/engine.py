@@ -37,7 +37,8 @@ from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, re
 from clipsr_cli.hub.resolve import clip_weights_path, resolve_model
 from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
-from clipsr_cli.infer.devices import resolve_device, resolve_precision
+from clipsr_cli.infer.degradation import Degradation, WeightBlend, partner_weights
+from clipsr_cli.infer.devices import resolve_device, resolve_precision, supported_dtype
 from clipsr_cli.infer.pipeline import Pipeline
 from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, plan_tiles, run_plan,
                                      run_tiled)
@@ -96,7 +97,9 @@ class Upscaler(Engine):
     """
 
     def __init__(self, model, *, device: str | torch.device = "auto", precision: Precision = "auto",
-                 tile: int | str = "auto", tile_overlap: int | None = None, name: str | None = None):
+                 tile: int | str = "auto", tile_overlap: int | None = None, name: str | None = None,
+                 degradation: Degradation = Degradation(),
+                 degraded_state: dict[str, torch.Tensor] | None = None):
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
         self.model = model.to(dev).eval()
@@ -104,22 +107,40 @@ class Upscaler(Engine):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name = name or "model"
         info = self.model.info
-        dtype = _supported_dtype(info, dtype, precision, self.name)
+        dtype = supported_dtype(info.precisions, dtype, precision, self.name)
         if tile_overlap is None:
             tile_overlap = info.tile_overlap
         tile, tile_overlap = parse_tiling(tile, tile_overlap)
         self.settings = EngineSettings(dev, dtype, tile, tile_overlap)
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.degradation = degradation
+        self._blend = None
+        if degraded_state is not None:  # the clean weights are the model's own, as loaded
+            clean = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._blend = WeightBlend(self.model, clean, degraded_state, name=self.name)
+
+    @property
+    def blendable(self) -> bool:
+        return self._blend is not None
+
+    def set_strength(self, strength: float) -> None:
+        """Run with the weights of ``strength`` (no-op for a model without degradation-aware
+        weights); callers that drive ``self.model`` directly (batching) use this."""
+        if self._blend is not None:
+            self._blend.apply(strength)
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, *, scale: int | None = None,
              device: str | torch.device = "auto", precision: Precision = "auto",
-             tile: int | str = "auto", tile_overlap: int | None = None) -> "Upscaler":
+             tile: int | str = "auto", tile_overlap: int | None = None,
+             degradation: Degradation = Degradation()) -> "Upscaler":
         """Load a registered model name, a clipsr ``.safetensors`` checkpoint path, or a
         third-party SR checkpoint (``.pth``/``.safetensors`` of an architecture spandrel knows,
         see :mod:`clipsr_cli.model.foreign`).
 
-        With ``model=None`` the built-in default for ``scale`` is used.
+        With ``model=None`` the built-in default for ``scale`` is used. ``degradation``: how
+        degraded inputs are treated, for models with degradation-aware weights (the registry's
+        ``degradation_model``; see :mod:`clipsr_cli.infer.degradation`).
         """
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
@@ -130,7 +151,7 @@ class Upscaler(Engine):
         entry = _registered_pipeline(str(model))
         if entry is not None:  # e.g. the built-in ×16: the ×4 network twice
             return _load_pipeline(cls, entry, scale=scale, device=dev, precision=precision,
-                                  tile=tile, tile_overlap=tile_overlap)
+                                  tile=tile, tile_overlap=tile_overlap, degradation=degradation)
         path = _resolve_model_path(str(model))
         if is_foreign_file(path):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
             net = load_foreign(path, device=dev)
@@ -139,8 +160,9 @@ class Upscaler(Engine):
         if scale is not None and net.info.scale != scale:
             raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop `scale` or "
                              f"pick a ×{scale} model (see 'clipsr models')")
+        degraded = partner_weights(str(model), net, degradation)
         return cls(net, device=dev, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                   name=str(model))
+                   name=str(model), degradation=degradation, degraded_state=degraded)
 
     # -- description -----------------------------------------------------------------------------
     @property
@@ -236,10 +258,12 @@ class Upscaler(Engine):
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None,
-              progress: ProgressFn | None = None):
+              progress: ProgressFn | None = None, strength: float = 0.0):
         """Upscale ``lr`` (1, 3, H, W) in [0, 1]; yield finished output row bands
         ``(y0, band)`` (float32, clamped to [0, 1], cropped to s·W wide, rows beyond s·H dropped).
-        This is the memory-lean core that every other method uses."""
+        This is the memory-lean core that every other method uses. ``strength``: the weights
+        between the clean (0) and the degradation-aware (1) ones, for a ``blendable`` model."""
+        self.set_strength(strength)
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise InputError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(lr.shape)}")
         h, w = lr.shape[-2:]
@@ -320,23 +344,6 @@ class Upscaler(Engine):
 
 #: CPU: estimated activations of one tail tile (about 18k LR px for the built-in ×4 in bf16)
 _CPU_TAIL_BYTES = 64 << 20
-
-_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def _supported_dtype(info: ModelInfo, dtype: torch.dtype, precision: str, name: str) -> torch.dtype:
-    """``dtype`` if the model runs in it; for ``precision='auto'`` fp32 instead (with a note),
-    and an explicit precision the model does not support is refused (UsageError)."""
-    chosen = _PRECISION_NAMES[dtype]
-    if chosen in info.precisions:
-        return dtype
-    if str(precision).strip().lower() == "auto":
-        log.info("model %s does not run in %s; using fp32", name, chosen)
-        return torch.float32
-    raise UsageError(f"model {name} does not support {chosen} (it runs in "
-                     f"{', '.join(info.precisions)}); use `precision='fp32'` or "
-                     "`precision='auto'`", param="precision")
-
 
 def _registered_pipeline(model: str) -> ModelEntry | None:
     if os.sep in model or "/" in model or model.lower().endswith(_CHECKPOINT_SUFFIXES):

@@ -93,11 +93,20 @@ class Pipeline(Engine):
         return st.clip_similarity(image, text)
 
     # -- core ------------------------------------------------------------------------------------
+    @property
+    def blendable(self) -> bool:
+        return self._nets[0].blendable
+
+    @property
+    def degradation(self):
+        return self._nets[0].degradation
+
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None,
-              progress: ProgressFn | None = None):
+              progress: ProgressFn | None = None, strength: float = 0.0):
         """Like ``Upscaler.bands``: every stage but the last produces its whole output (float32,
-        CPU), the last yields row bands. ``progress(done, total)`` counts per mille of the work,
+        CPU), the last yields row bands. ``strength`` goes to the first model stage only: later
+        stages see that stage's (clean) output. ``progress(done, total)`` counts per mille of the work,
         each network stage weighted by the output pixels it makes."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise InputError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(lr.shape)}")
@@ -122,10 +131,11 @@ class Pipeline(Engine):
                 continue
             emb = text_embedding if st is text_stage else None
             sub = _sub_progress(progress, done_w, weights[i], total_w)
+            t = strength if i == 0 else 0.0  # stage 0 is always a model
             if last:
-                yield from st.bands(x, text, text_embedding=emb, progress=sub)
+                yield from st.bands(x, text, text_embedding=emb, progress=sub, strength=t)
             else:
-                x = st.upscale_tensor(x, text, text_embedding=emb, progress=sub)
+                x = st.upscale_tensor(x, text, text_embedding=emb, progress=sub, strength=t)
             done_w += weights[i]
 
 

@@ -32,9 +32,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipsr_cli.errors import InputError, log
-
 from clipsr_cli.io.formats import (MAX_PIXELS, check_dimensions, check_file_size, max_file_bytes,
                                    max_pixels_limit)
+from clipsr_cli.io.jpeg import JpegQuality, estimate_quality
 
 __all__ = ["MAX_PIXELS", "LoadedImage", "SizeCheck", "from_pil", "read_image"]
 
@@ -64,6 +64,7 @@ class LoadedImage:
     exif: bytes | None  # source EXIF with orientation reset to 1 (JPEG/WebP/PNG sources only)
     format: str | None  # source format as Pillow names it: "PNG", "JPEG", "TIFF", ...
     source: str  # the path, "<stdin>" or "<bytes>": for messages
+    jpeg: JpegQuality | None = None  # a JPEG source's quality, from its quantisation tables
 
     @property
     def size(self) -> tuple[int, int]:
@@ -290,8 +291,9 @@ def _loaded(img: Image.Image, name: str, arr: np.ndarray | None, depth: int | No
         alpha = alpha.div_(maxv)[None, None]
     icc = None if mode == "CMYK" else (img.info.get("icc_profile") or None)  # CMYK → sRGB below
     fmt = "JPEG" if img.format == "MPO" else img.format
+    jpeg = estimate_quality(getattr(img, "quantization", None)) if fmt == "JPEG" else None
     return LoadedImage(rgb=rgb, alpha=alpha, bit_depth=int(depth), grayscale=gray,
-                       icc_profile=icc, exif=exif, format=fmt, source=name)
+                       icc_profile=icc, exif=exif, format=fmt, source=name, jpeg=jpeg)
 
 
 def _pil_pixels(img: Image.Image, name: str) -> tuple[np.ndarray, int]:

@@ -1,0 +1,257 @@
+"""--degradation / --denoise: what a file says about its degradation (JPEG tables, noise), the
+auto strength, and the interpolation between a clean and a degradation-aware weight set."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsr_cli.data.noise import estimate_noise
+from clipsr_cli.errors import ModelError, UsageError
+from clipsr_cli.infer.degradation import Degradation, Strength, WeightBlend, choose_strength
+from clipsr_cli.io.images import read_image
+from clipsr_cli.io.jpeg import estimate_quality, ijg_table
+
+from tests.conftest import perturb, tiny_config
+
+
+def _scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    """A smooth photo-like scene (gradients, soft discs), 8-bit RGB: flat regions to measure on."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([0.3 + 0.4 * xx / w, 0.2 + 0.5 * yy / h, 0.5 + 0.2 * np.sin(xx / 17.0)], -1)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(8, 24)
+        img += 0.25 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-1, 1, 3)
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def _encode(arr: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _noisy(arr: np.ndarray, sigma: float, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(arr + rng.normal(0, sigma, arr.shape)), 0, 255).astype(np.uint8)
+
+
+# -- JPEG quality from the quantisation tables ---------------------------------------------------
+@pytest.mark.parametrize("q", [10, 35, 50, 75, 90, 95])
+def test_pillow_jpegs_give_their_quality_exactly(q):
+    im = read_image(_encode(_scene(), "JPEG", quality=q))
+    assert im.format == "JPEG" and im.jpeg is not None
+    assert im.jpeg.quality == q and im.jpeg.standard
+
+
+def test_progressive_cmyk_and_grayscale_jpegs_are_read_too():
+    arr = _scene()
+    assert read_image(_encode(arr, "JPEG", quality=60, progressive=True)).jpeg.quality == 60
+    cmyk = io.BytesIO()
+    Image.fromarray(arr).convert("CMYK").save(cmyk, "JPEG", quality=70)
+    assert read_image(cmyk.getvalue()).jpeg.quality == 70
+    gray = io.BytesIO()
+    Image.fromarray(arr).convert("L").save(gray, "JPEG", quality=40)
+    assert read_image(gray.getvalue()).jpeg.quality == 40
+    assert read_image(_encode(arr, "PNG")).jpeg is None  # not a JPEG: nothing claimed
+
+
+def test_non_ijg_tables_give_an_equivalent_quality_and_odd_ones_none():
+    # a custom table: the IJG q=80 table with every entry nudged: not standard, close to 80
+    table = [max(1, v + (1 if i % 3 == 0 else 0)) for i, v in enumerate(ijg_table(80))]
+    est = estimate_quality({0: table, 1: table})
+    assert est is not None and not est.standard and 75 <= est.quality <= 82
+    for odd in (None, {}, {1: ijg_table(50)}, {0: [0] * 64}, {0: [5] * 63}, {0: "abc"},
+                {0: [None] * 64}, [ijg_table(50)]):
+        assert estimate_quality(odd) is None
+
+
+# -- noise on flat regions -------------------------------------------------------------------------
+def test_noise_estimate_tracks_the_added_noise():
+    arr = _scene(160, 200)
+    clean = estimate_noise(read_image(_encode(arr)).rgb)
+    assert clean is not None and clean < 1.0
+    for sigma in (3.0, 5.0, 10.0):
+        est = estimate_noise(read_image(_encode(_noisy(arr, sigma))).rgb)
+        assert 0.75 * sigma <= est <= 1.25 * sigma, (sigma, est)
+
+
+def test_noise_estimate_of_tiny_and_flat_images():
+    assert estimate_noise(torch.rand(1, 3, 1, 1)) is None
+    assert estimate_noise(torch.rand(1, 3, 2, 40)) is None
+    assert estimate_noise(torch.full((1, 3, 64, 64), 0.5)) == 0.0
+
+
+# -- the auto strength -------------------------------------------------------------------------------
+def test_auto_picks_clean_for_a_clean_png_and_full_strength_for_jpeg_and_noise():
+    arr = _scene(160, 200)
+    auto = Degradation()
+    assert choose_strength(auto, read_image(_encode(arr))).value == 0.0
+    s50 = choose_strength(auto, read_image(_encode(arr, "JPEG", quality=50)))
+    assert s50.value == 1.0 and "JPEG quality 50" in s50.reason
+    s98 = choose_strength(auto, read_image(_encode(arr, "JPEG", quality=98)))
+    assert s98.value == 0.0
+    noisy = choose_strength(auto, read_image(_encode(_noisy(arr, 8.0))))
+    assert noisy.value == 1.0 and "noise" in noisy.reason
+    # a tensor (Python API) is judged by its noise alone
+    assert choose_strength(auto, read_image(_encode(_noisy(arr, 8.0))).rgb).value == 1.0
+
+
+def test_auto_between_the_thresholds_is_in_between():
+    arr = _scene(160, 200)
+    mid = choose_strength(Degradation(), read_image(_encode(arr, "JPEG", quality=90)))
+    assert 0.0 < mid.value < 1.0
+
+
+def test_overrides_and_their_checks():
+    img = read_image(_encode(_scene(), "JPEG", quality=40))
+    assert choose_strength(Degradation("clean"), img) == Strength(0.0, "--degradation clean")
+    assert choose_strength(Degradation("jpeg"), img).value == 1.0
+    assert choose_strength(Degradation("auto", denoise=0.3), img) == Strength(0.3, "--denoise")
+    assert choose_strength(Degradation("clean", denoise=0.7), img).value == 0.7  # denoise wins
+    for bad in (dict(mode="sharp"), dict(denoise=1.5), dict(denoise=-0.1), dict(denoise=float("nan")),
+                dict(denoise=True), dict(denoise="0.5")):
+        with pytest.raises(UsageError):
+            Degradation(**bad)
+
+
+def test_auto_falls_back_with_one_warning_line(caplog):
+    one = read_image(_encode(np.full((1, 1, 3), 77, np.uint8)))
+    flat = read_image(_encode(np.full((50, 60, 3), 200, np.uint8)))
+    with caplog.at_level(logging.WARNING, logger="clipsr"):
+        for im in (one, flat):
+            caplog.clear()
+            s = choose_strength(Degradation(), im)
+            assert s.value == 0.0
+            assert len(caplog.records) == 1 and "treating it as clean" in caplog.records[0].message
+    # a JPEG whose tables could not be read: its noise decides, with a warning
+    jpeg = read_image(_encode(_noisy(_scene(160, 200), 8.0), "JPEG", quality=97))
+    from dataclasses import replace
+    lost = replace(jpeg, jpeg=None)
+    with caplog.at_level(logging.WARNING, logger="clipsr"):
+        caplog.clear()
+        s = choose_strength(Degradation(), lost)
+        assert "quantisation tables could not be read" in caplog.text
+    assert s.reason.startswith("noise")
+    # a one-colour JPEG: its tables still speak, no warning needed
+    q50 = read_image(_encode(np.full((16, 16, 3), 90, np.uint8), "JPEG", quality=50))
+    assert choose_strength(Degradation(), q50).value == 1.0
+
+
+# -- interpolation of the two weight sets -----------------------------------------------------------
+def _pair():
+    from clipsr_cli.model.network import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config(4)
+    clean = perturb(build_model(cfg), seed=1).eval()
+    degraded = perturb(build_model(cfg), seed=2).eval()
+    return cfg, clean, degraded
+
+
+def test_blend_at_0_and_1_is_exactly_each_model_and_between_is_the_mix():
+    cfg, clean, degraded = _pair()
+    from clipsr_cli.model.network import build_model
+
+    net = build_model(cfg).eval()
+    net.load_state_dict(clean.state_dict())
+    blend = WeightBlend(net, clean.state_dict(), degraded.state_dict())
+    for t, ref in ((1.0, degraded), (0.0, clean), (1.0, degraded)):
+        blend.apply(t)
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, ref.state_dict()[k]), k
+    blend.apply(0.25)
+    k = next(iter(clean.state_dict()))
+    want = 0.75 * clean.state_dict()[k] + 0.25 * degraded.state_dict()[k]
+    assert torch.allclose(net.state_dict()[k], want, atol=1e-6)
+    other = build_model(tiny_config(4, encoder_widths=(8, 12, 20))).state_dict()
+    with pytest.raises(ModelError, match="architecture"):
+        WeightBlend(net, clean.state_dict(), other)
+
+
+def _registry(tmp_path, monkeypatch, clean_path, degraded_path):
+    import hashlib
+
+    def sha(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    reg = tmp_path / "reg.toml"
+    reg.write_text(
+        f'[[model]]\nname = "t-clean"\nkind = "generator"\ndescription = "t"\nlicense = "MIT"\n'
+        f'file = "{clean_path.name}"\nsha256 = "{sha(clean_path)}"\n'
+        f'urls = ["{clean_path.as_uri()}"]\nscale = 4\ntext_guided = false\n'
+        f'degradation_model = "t-degraded"\n\n'
+        f'[[model]]\nname = "t-degraded"\nkind = "generator"\ndescription = "t"\nlicense = "MIT"\n'
+        f'file = "{degraded_path.name}"\nsha256 = "{sha(degraded_path)}"\n'
+        f'urls = ["{degraded_path.as_uri()}"]\nscale = 4\ntext_guided = false\n\n'
+        f'[[model]]\nname = "t-x16"\nkind = "pipeline"\ndescription = "t"\nlicense = "MIT"\n'
+        f'scale = 16\nstages = ["t-clean", "t-clean"]\n')
+    monkeypatch.setenv("CLIPSR_REGISTRY", str(reg))
+
+
+@pytest.fixture
+def partnered(tmp_path, monkeypatch):
+    from clipsr_cli.model.checkpoint import save_checkpoint
+
+    cfg, clean, degraded = _pair()
+    a, b = tmp_path / "clean.safetensors", tmp_path / "degraded.safetensors"
+    save_checkpoint(a, clean, cfg)
+    save_checkpoint(b, degraded, cfg)
+    _registry(tmp_path, monkeypatch, a, b)
+    return a, b
+
+
+def test_engine_denoise_0_and_1_equal_the_two_models(partnered):
+    from clipsr_cli.infer.engine import Upscaler
+
+    a, b = partnered
+    lr = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    kw = dict(device="cpu", precision="fp32")
+    ref_clean = Upscaler.load(str(a), **kw).upscale_tensor(lr)
+    ref_degraded = Upscaler.load(str(b), **kw).upscale_tensor(lr)
+    up = Upscaler.load("t-clean", **kw)
+    assert up.blendable
+    assert torch.allclose(up.upscale_tensor(lr, strength=1.0), ref_degraded, atol=1e-6)
+    assert torch.allclose(up.upscale_tensor(lr, strength=0.0), ref_clean, atol=1e-6)
+    mid = up.upscale_tensor(lr, strength=0.5)
+    assert not torch.allclose(mid, ref_clean, atol=1e-3) and not torch.allclose(mid, ref_degraded, atol=1e-3)
+    assert torch.allclose(Upscaler.load("t-clean", degradation=Degradation(denoise=1.0), **kw)
+                          .upscale_tensor(lr), ref_degraded, atol=1e-6)
+    # clean never loads the partner: exactly the clean model as before
+    plain = Upscaler.load("t-clean", degradation=Degradation("clean"), **kw)
+    assert not plain.blendable and torch.equal(plain.upscale_tensor(lr, strength=1.0),
+                                               plain.upscale_tensor(lr))
+    # a model without a partner: strength means nothing
+    assert not Upscaler.load(str(a), **kw).blendable
+
+
+def test_pipelines_apply_the_strength_to_their_first_stage_only(partnered):
+    from clipsr_cli.infer.engine import Upscaler
+
+    a, b = partnered
+    kw = dict(device="cpu", precision="fp32")
+    lr = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(4))
+    clean, degraded = Upscaler.load(str(a), **kw), Upscaler.load(str(b), **kw)
+    want = clean.upscale_tensor(degraded.upscale_tensor(lr))
+    pipe = Upscaler.load("t-x16", **kw)
+    assert pipe.blendable
+    assert torch.allclose(pipe.upscale_tensor(lr, strength=1.0), want, atol=1e-5)
+
+
+def test_interpolated_weights_are_never_written(partnered, tmp_path):
+    from clipsr_cli.infer.engine import Upscaler
+
+    a, b = partnered
+    before = {p: p.read_bytes() for p in (a, b)}
+    home_files = lambda: sorted(p for p in tmp_path.rglob("*") if p.is_file())  # noqa: E731
+    listing = home_files()
+    up = Upscaler.load("t-clean", device="cpu", precision="fp32")
+    up.upscale_tensor(torch.rand(1, 3, 8, 8), strength=0.4)
+    assert {p: p.read_bytes() for p in (a, b)} == before
+    assert [p for p in home_files() if p not in listing and "clipsr_home" not in str(p)] == []
