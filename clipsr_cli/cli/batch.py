@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 suffix=suffix, quality=quality, io_threads=io_threads, model=model, scale=scale,
                 device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
                 outscale=outscale, width=width, height=height, passes=passes,
-                batch_size=batch_size, on_event=view)
+                batch_size=batch_size, report=report, on_event=view)
         finally:
             view.close()
         print_summary(result, err_console)

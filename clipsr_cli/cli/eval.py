@@ -53,12 +53,14 @@ def register(app: typer.Typer) -> None:
 
         from clipsr_cli.cli.console import configure, info, tile_progress, warn
         from clipsr_cli.data.lr_file import parse_degradations
-        from clipsr_cli.tasks.evaluate import evaluate, write_report
+        from clipsr_cli.tasks.evaluate import check_report, evaluate, write_report
         from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
         configure(verbose=verbose, quiet=quiet)
         conditions = parse_degradations(degrade)
         check_options(scale=scale, device=device, precision=precision, tile=tile)
+        if report:
+            check_report(report, data=data, captions=captions)
         up = load_upscaler(model=model, scale=scale, device=device, precision=precision,
                            tile=tile, tile_overlap=None)
         reports = []

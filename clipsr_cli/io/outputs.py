@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError
 from clipsr_cli.io.atomic import atomic_write, is_stream
 from clipsr_cli.io.formats import IMAGE_EXTENSIONS, extension_for
 
-__all__ = ["check_destination", "check_stdout", "output_path_for", "resolve_destination", "same_file",
+__all__ = ["check_destination", "check_report", "check_stdout", "is_kept", "output_path_for", "resolve_destination", "same_file",
            "write_atomic", "write_bytes_atomic", "write_stdout"]
 
 
@@ -67,22 +67,45 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str] | None) -> bo
         return False
 
 
+def is_kept(path: str | os.PathLike[str], keep: Iterable[str | os.PathLike[str] | None]) -> Path | None:
+    """The entry of ``keep`` that ``path`` would replace, or None.
+
+    ``keep``: the files of a run that no output may replace, whatever ``overwrite`` says (its
+    inputs, caption and list files, the outputs it plans): an existing file is matched as the
+    same file (hard links included), a planned one by its resolved path. Folders in ``keep``
+    are ignored (a report may live beside the images it describes).
+    """
+    path = Path(path).expanduser()
+    target = path.resolve()
+    for k in keep:
+        if k is None or os.fspath(k) in ("", "-") or os.fspath(k).startswith("<"):
+            continue
+        k = Path(k).expanduser()
+        if not k.is_dir() and (same_file(path, k) or k.resolve() == target):
+            return k
+    return None
+
+
 def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
                       overwrite: bool, overwrite_input: bool | None = None,
-                      param: str = "output") -> Path:
+                      param: str = "output", keep: Iterable = ()) -> Path:
     """Refuse ``path`` unless writing it is allowed; return it as a Path.
 
     InputError if its folder does not exist, it is a folder or a special file other than a
     FIFO / character device (those are streams: always allowed); OutputExistsError if it exists
     and not ``overwrite``, or is ``source`` (the input) and not ``overwrite_input`` (None: as
-    ``overwrite``).
+    ``overwrite``), or is one of ``keep`` (see :func:`is_kept`: no flag covers those).
     """
     path = Path(path)
+    if (kept := is_kept(path, keep)) is not None:
+        raise OutputExistsError(f"refusing to replace {kept}: it is an input of this run (or "
+                                f"another of its outputs); choose another `{param}`", path=path)
+    what = "output" if param == "output" else f"`{param}`"
     if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist; create it first")
+        raise InputError(f"{what} folder {path.parent} does not exist; create it first")
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name such as "
-                         f"{path / ('out' + (path.suffix or '.png'))}")
+        name = "out.png" if param == "output" else f"{param}.json"
+        raise InputError(f"{path} is a folder; give {what} a file name such as {path / name}")
     if is_stream(path):
         return path
     if path.exists() and not path.is_file():
@@ -101,6 +124,22 @@ def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike
         raise OutputExistsError(f"{path} exists; pass `overwrite=True` to replace it or choose "
                                 f"another `{param}`", path=path)
     return path
+
+
+def check_report(path: str | os.PathLike[str], *, keep: Iterable = (), overwrite: bool = True,
+                 param: str = "report") -> Path:
+    """A report's path, judged before any work starts: the output rule of
+    :func:`check_destination`, with ``keep`` (the run's inputs, caption/list files and planned
+    outputs: a report never replaces one, ``overwrite`` or not). A path that can never work (its
+    folder missing, a folder, a device) is a UsageError (exit status 2); an old report is
+    replaced unless ``overwrite=False``."""
+    path = Path(path).expanduser()
+    try:
+        return check_destination(path, overwrite=overwrite, param=param, keep=keep)
+    except OutputExistsError:
+        raise
+    except InputError as e:
+        raise UsageError(str(e), param=param) from None
 
 
 def resolve_destination(input: str | os.PathLike[str], output: str | os.PathLike[str] | None,

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence, TextIO
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError, log
 from clipsr_cli.io.atomic import remove_stale_temporaries
 from clipsr_cli.io.outputs import output_path_for
-from clipsr_cli.tasks.batch_plan import Job, checkpoint_scale, plan, plan_jobs
+from clipsr_cli.tasks.batch_plan import Job, check_report, checkpoint_scale, plan, plan_jobs
 from clipsr_cli.tasks.batch_report import (EXISTS, REPORT_VERSION, BatchEvent, BatchResult,
                                            EventFn, FileResult, write_report)
 from clipsr_cli.tasks.outsize import OutputSize, beyond_note
@@ -289,6 +289,7 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
               precision: str = "auto", tile: str | int = "auto", tile_overlap: int | None = None,
               outscale: float | None = None, width: int | None = None,
               height: int | None = None, passes: int = 1, batch_size: int = 1,
+              report: str | os.PathLike | None = None,
               upscaler=None, stdin: TextIO | None = None, env: Mapping[str, str] | None = None,
               on_event: EventFn | None = None) -> BatchResult:
     """Upscale every image of ``inputs`` into ``output_dir``; never raises for one bad file.
@@ -359,6 +360,8 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
                       suffix=suffix)
     todo = plan(found, every, result, shard=shard, skip_existing=skip_existing,
                  overwrite=overwrite)
+    if report is not None:  # judged before any image is read
+        check_report(report, shard=shard, inputs=inputs, captions=captions, jobs=every)
     in_shard = [Path(f.output) for f in result.files if f.output] + [j.dest for j in todo]
     result.stale_removed = len(remove_stale_temporaries(in_shard))
     for f in result.files:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from clipsr_cli.errors import ModelError
+from clipsr_cli.errors import ModelError, UsageError
+from clipsr_cli.io import outputs
 from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.model.checkpoint import read_header
-from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult
+from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult, report_path
 from clipsr_cli.tasks.sources import Discovery, Source, shard_of
 
-__all__ = ["Job", "checkpoint_scale", "plan", "plan_jobs"]
+__all__ = ["Job", "check_report", "checkpoint_scale", "plan", "plan_jobs"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ def plan_jobs(sources: Iterable[Source], *, output_dir: str | os.PathLike, scale
     return [Job(s, out / s.rel.parent / output_path_for(s.rel.name, scale, format=format,
                                                         suffix=suffix).name) for s in sources]
 
+
+
+def check_report(report: str | os.PathLike, *, shard: tuple[int, int] | None,
+                 inputs: Iterable[str], captions: str | os.PathLike | None,
+                 jobs: Iterable[Job]) -> Path:
+    """The report's path, judged by the output policy before any image is read: never an
+    input (image, ``@LIST`` file), the captions file or a planned output; a path that can never
+    work is a UsageError (:func:`clipsr_cli.io.outputs.check_report`)."""
+    jobs = list(jobs)
+    keep = [a[1:] if a.startswith("@") else a for a in inputs]
+    keep += [captions, *(j.source.path for j in jobs), *(j.dest for j in jobs)]
+    return outputs.check_report(report_path(report, shard), keep=keep)
 
 
 def checkpoint_scale(model: str) -> int | None:
@@ -56,8 +69,16 @@ def checkpoint_scale(model: str) -> int | None:
 
 def plan(found: Discovery, every: list[Job], result: BatchResult, *, shard, skip_existing: bool,
           overwrite: bool) -> list[Job]:
-    """Decide each job before the model runs: to do, skipped, refused or in another shard."""
+    """Decide each job before the model runs: to do, skipped, refused or in another shard.
+
+    UsageError when an output would be its own input (e.g. ``output`` is the input folder and
+    ``suffix=''``): that can never work, so nothing runs."""
     outputs = {j.dest.resolve() for j in every}
+    for job in every:
+        if job.dest.resolve() == job.source.path.resolve():
+            raise UsageError(f"the output of {job.source.path} would replace it (the output "
+                             "folder holds the inputs and the names do not change); pass a "
+                             "`suffix` or another `output`", param="suffix")
     todo: list[Job] = []
     claimed: dict[Path, str] = {}
     for job in every:

@@ -104,13 +104,20 @@ class BatchResult:
                 "files": [f.to_json(words) for f in self.files], "ignored": self.ignored}
 
 
+def report_path(path: str | os.PathLike, shard: tuple[int, int] | None) -> Path:
+    """``path`` with ``{shard}`` replaced by ``KofN`` (one report per process of a sharded run)."""
+    if "{shard}" in os.fspath(path):
+        k, n = shard or (1, 1)
+        path = os.fspath(path).replace("{shard}", f"{k}of{n}")
+    return Path(path).expanduser()
+
+
 def write_report(path: str | os.PathLike, result: BatchResult, *,
                  words: Callable[[str], str] = lambda s: s) -> Path:
     """The summary and every file's outcome as strict JSON (atomic; replaces an old report).
-    ``{shard}`` in ``path`` becomes ``KofN`` (one report per process of a sharded run)."""
+    ``{shard}`` in ``path`` becomes ``KofN``. The path was judged before the run
+    (``run_batch(report=...)``): it never replaces an input or an output of the run."""
     from clipsr_cli.io.reports import write_json
 
-    if "{shard}" in os.fspath(path):
-        k, n = result.shard or (1, 1)
-        path = os.fspath(path).replace("{shard}", f"{k}of{n}")
-    return write_json(path, result.to_json(words), version=REPORT_VERSION, overwrite=True)
+    return write_json(report_path(path, result.shard), result.to_json(words),
+                      version=REPORT_VERSION, overwrite=True)

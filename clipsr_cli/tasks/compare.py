@@ -158,7 +158,7 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     ``text`` goes to the text-guided models (image-only ones ignore it, with a warning). ``ref``:
     the HR image ``input`` was made from (exactly scale × its size), for Y-PSNR/SSIM. ``crop``:
     ``x,y,w,h`` in input pixels (default: where the models differ most). ``output``: where the
-    grid is written (refused if it exists, unless ``overwrite``). ``on_result`` is called with
+    grid is written (refused if it exists, unless ``overwrite``; never the input or ``ref``). ``on_result`` is called with
     each model's run as it finishes.
     """
     models = [str(m) for m in models]
@@ -166,7 +166,8 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
         raise UsageError("`models` needs at least one model to compare", param="models")
     dest = None
     if output is not None:
-        dest = check_destination(output, source=input, overwrite=overwrite)
+        # `overwrite` replaces an old grid, never the input or the reference
+        dest = check_destination(output, overwrite=overwrite, keep=(input, ref))
     image = read_image(input)
     lr = image.rgb
     size = image.size

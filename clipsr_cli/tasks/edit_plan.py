@@ -16,7 +16,7 @@ from pathlib import Path
 
 from clipsr_cli.errors import InputError, UsageError
 from clipsr_cli.io.formats import format_for, is_image_path
-from clipsr_cli.io.outputs import check_destination, output_path_for
+from clipsr_cli.io.outputs import check_destination, check_report, output_path_for
 
 __all__ = ["EditPlan", "plan_outputs"]
 
@@ -60,7 +60,7 @@ def plan_outputs(input: str, output: str | None, n: int, *, format: str | None =
             raise UsageError("`output=-` (standard output) takes one result; drop `sweep`, "
                              "`grid` and `gif` or write to files", param="output")
         format_for("-", format)
-        return EditPlan((None,), report=_report_path(report, overwrite))
+        return EditPlan((None,), report=_report_path(report, overwrite, input=input))
     if output is None and input == "-":
         raise InputError("reading from standard input (-) needs `output=FILE` or `output=DIR/`")
     stem = Path(input).stem if input != "-" else "stdin"
@@ -90,7 +90,7 @@ def plan_outputs(input: str, output: str | None, n: int, *, format: str | None =
         outputs = tuple(folder / f"{base}_{i:0{width}d}{ext}" for i in range(n))
     plan = EditPlan(outputs, folder / f"{base}_grid.png" if grid else None,
                     folder / f"{base}.gif" if gif else None,
-                    _report_path(report, overwrite, create), create)
+                    _report_path(report, overwrite, create, input=input), create)
     paths = plan.paths()
     if len(set(paths)) != len(paths):
         raise InputError("two outputs would have the same name; choose another `output`")
@@ -99,7 +99,8 @@ def plan_outputs(input: str, output: str | None, n: int, *, format: str | None =
             continue  # a new folder: nothing in it can exist yet
         check_destination(p, source=None if input == "-" else input, overwrite=overwrite,
                           overwrite_input=overwrite_input,
-                          param="report" if p == plan.report else "output")
+                          param="report" if p == plan.report else "output",
+                          keep=(input,) if p == plan.report else ())
     return plan
 
 
@@ -113,10 +114,12 @@ def _check_creatable(folder: Path) -> None:
             return
 
 
-def _report_path(report: str | None, overwrite: bool, create: Path | None = None) -> Path | None:
+def _report_path(report: str | None, overwrite: bool, create: Path | None = None, *,
+                 input: str) -> Path | None:
+    """The report never replaces the input (not even with `overwrite_input`)."""
     if report is None:
         return None
     path = Path(report).expanduser()
     if create is not None and path.parent == create:
         return path  # goes into the output folder that will be created
-    return check_destination(path, overwrite=overwrite, param="report")
+    return check_report(path, overwrite=overwrite, keep=(input,))

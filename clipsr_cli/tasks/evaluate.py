@@ -229,13 +229,26 @@ def _lpips_note() -> str:
     return "LPIPS: not computed (the lpips package is installed but clipsr does not fetch its weights)"
 
 
+def check_report(path: str | os.PathLike, *, data: str | os.PathLike | None = None,
+                 captions: str | os.PathLike | None = None) -> Path:
+    """The report path, judged before any work: ``.json`` or ``.csv``, its folder existing
+    (UsageError otherwise, exit status 2), and never the dataset's manifest or the captions
+    file (:func:`clipsr_cli.io.outputs.check_report`)."""
+    from clipsr_cli.io.outputs import check_report as check
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise UsageError(f"`report` {path}: use a .json or .csv file name", param="report")
+    return check(path, keep=(data, captions))
+
+
 def write_report(reports: EvalReport | Sequence[EvalReport], path: str | os.PathLike) -> Path:
     """``reports`` (one per LR condition) as FILE.json (strict JSON) or FILE.csv, atomically (an
     old report is replaced)."""
     from clipsr_cli.io.reports import write_csv, write_json
 
     reps = [reports] if isinstance(reports, EvalReport) else list(reports)
-    path = Path(path).expanduser()
+    path = check_report(path, data=reps[0].data if reps else None)
     ext = path.suffix.lower()
     if ext == ".json":
         return write_json(path, report_json(reps), version=REPORT_VERSION, overwrite=True)
