@@ -20,6 +20,7 @@ from clipsr_cli.infer.degradation import Degradation, Strength, choose_strength
 from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.io import images as imageio
 from clipsr_cli.io.images import LoadedImage
+from clipsr_cli.io.quantise import levels, quantise
 
 ProgressFn = Callable[[int, int], None]
 
@@ -88,13 +89,11 @@ class Engine:
             raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
                              f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
                              "available; use a smaller scale or crop the image")
-        dtype, maxv = (np.uint16, 65535.0) if bit_depth == 16 else (np.uint8, 255.0)
         t = self._strength(strength, lr)
-        out = np.empty((h * self.scale, w * self.scale, 3), dtype=dtype)
+        out = np.empty((h * self.scale, w * self.scale, 3), dtype=levels(bit_depth)[0])
         for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress,
                                    strength=t):
-            q = band[0].mul_(maxv).round_().permute(1, 2, 0).cpu()  # in place: no extra copy
-            out[y0:y0 + q.shape[0]] = q.numpy()  # numpy casts while copying
+            out[y0:y0 + band.shape[2]] = quantise(band[0], bit_depth).transpose(1, 2, 0)
         return out
 
     def upscale(self, image, text: str | None = None, *, progress: ProgressFn | None = None,

@@ -19,6 +19,7 @@ import torch
 from clipsr_cli.infer.engine import Upscaler, upscale_alpha
 from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles
 from clipsr_cli.io.images import LoadedImage
+from clipsr_cli.io.quantise import quantise
 
 __all__ = ["batch_limit", "upscale_images"]
 
@@ -71,8 +72,7 @@ def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None
         y = y.float()[:, :, :h * s, :w * s].clamp_(0, 1)
         out = []
         for k, im in enumerate(images):
-            dtype, maxv = (np.uint16, 65535.0) if im.bit_depth == 16 else (np.uint8, 255.0)
-            q = y[k].mul(maxv).round_().permute(1, 2, 0).cpu().numpy().astype(dtype)
+            q = quantise(y[k], im.bit_depth).transpose(1, 2, 0)
             alpha = upscale_alpha(im.alpha, s) if im.alpha is not None else None
             out.append((q, alpha))
     return out

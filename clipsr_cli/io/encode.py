@@ -24,6 +24,7 @@ from clipsr_cli.errors import UsageError
 from clipsr_cli.io.decode import LoadedImage
 from clipsr_cli.io.formats import format_for
 from clipsr_cli.io.outputs import check_destination, check_stdout, write_atomic, write_stdout
+from clipsr_cli.io.quantise import levels, quantise
 
 __all__ = ["PixelSource", "to_pil", "write_image"]
 
@@ -165,7 +166,7 @@ def _quantise(colour: np.ndarray, alpha: np.ndarray | None, *, depth: int, grays
     Works in row blocks so a huge already-quantised output is not turned into float at once.
     """
     h, w = colour.shape[:2]
-    dtype, maxv = (np.uint16, 65535.0) if depth == 16 else (np.uint8, 255.0)
+    dtype = levels(depth)[0]
     keep_alpha = alpha is not None and not composite
     channels = (1 if grayscale else 3) + (1 if keep_alpha else 0)
     if alpha is None and colour.dtype == dtype and colour.shape[2] == channels:
@@ -187,7 +188,7 @@ def _quantise(colour: np.ndarray, alpha: np.ndarray | None, *, depth: int, grays
         if a is not None:
             a = _unit(a)
             c = c * a + (1.0 - a) if composite else np.concatenate([c, a], axis=2)
-        out[y:y + step] = np.rint(np.clip(c, 0.0, 1.0) * maxv)
+        out[y:y + step] = quantise(c, depth)
     return out
 
 

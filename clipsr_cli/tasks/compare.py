@@ -28,6 +28,7 @@ from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.io.images import read_image, write_image
 from clipsr_cli.io.outputs import check_destination
+from clipsr_cli.io.quantise import quantise
 
 __all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose"]
 
@@ -134,8 +135,7 @@ def _run(name: str, lr: torch.Tensor, text: str | None, *, settings: dict) -> tu
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].clamp(0, 1).mul(255).add_(0.5).floor_().to(torch.uint8)
-            .permute(1, 2, 0).contiguous().numpy())
+    return np.ascontiguousarray(quantise(x[0].permute(1, 2, 0), 8))
 
 
 def _scored(run: ModelRun, sr: torch.Tensor, hr: torch.Tensor | None) -> ModelRun:

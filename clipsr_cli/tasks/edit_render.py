@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from clipsr_cli.io.quantise import quantise
+
 __all__ = ["GIF_FRAME_MS", "MIN_FONT_SIZE", "MIN_VIEW_SIDE", "compose_gif", "compose_grid",
            "enlarge", "fit_label", "label_font_size", "to_uint8", "view_factor"]
 
@@ -36,8 +38,7 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """(1, 3, H, W) float in [0, 1] or (H, W, 3) uint8/uint16 → (H, W, 3) uint8, rounded as the
     image writer rounds (so a view of an 8-bit result has exactly the written pixels)."""
     if isinstance(x, torch.Tensor):
-        f = x.detach().to("cpu", torch.float32)[0].permute(1, 2, 0).numpy()
-        return np.rint(np.clip(f, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return quantise(x[0].permute(1, 2, 0), 8)
     if x.dtype == np.uint16:
         return ((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return np.ascontiguousarray(x, dtype=np.uint8)

@@ -28,6 +28,7 @@ from clipsr_cli.data.lr_file import FileDegradation, degrade_file
 from clipsr_cli.data.metrics import psnr, ssim
 from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import DataError, InputError, UsageError
+from clipsr_cli.io.quantise import quantise
 
 REPORT_VERSION = 3  # 3: one entry per LR condition (`degrade`) under "conditions"
 CSV_FIELDS = ("degrade", "name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
@@ -135,7 +136,7 @@ def _lr_of(hr: torch.Tensor, scale: int, resizer: str) -> torch.Tensor:
         return degrade(hr, scale)
     from PIL import Image
 
-    arr = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = quantise(hr[0].permute(1, 2, 0), 8)
     im = Image.fromarray(arr)
     filt = Image.Resampling.BICUBIC if resizer == "pil-bicubic" else Image.Resampling.LANCZOS
     small = im.resize((im.width // scale, im.height // scale), filt)
