@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
         width: o.Width = None,
         height: o.Height = None,
         passes: o.Passes = 1,
+        degradation: o.DegradationOpt = "auto",
+        denoise: o.Denoise = None,
         model: o.Model = None,
         device: o.Device = "auto",
         precision: o.PrecisionOpt = "auto",
@@ -94,9 +96,12 @@ def register(app: typer.Typer) -> None:
         from clipsr_cli.cli.batch_view import BatchView, print_summary
         from clipsr_cli.cli.console import cli_words, configure, err_console, state
         from clipsr_cli.cli.exits import EXIT_INTERRUPTED, EXIT_PARTIAL
-        from clipsr_cli.tasks.batch import run_batch, write_report
+        from clipsr_cli.infer.degradation import Degradation
 
         configure(verbose=verbose, quiet=quiet)
+        deg = Degradation(degradation, denoise)
+        from clipsr_cli.tasks.batch import run_batch, write_report
+
         view = BatchView(err_console, quiet=state.quiet, verbose=state.verbose)
         try:
             result = run_batch(
@@ -106,7 +111,7 @@ def register(app: typer.Typer) -> None:
                 suffix=suffix, quality=quality, io_threads=io_threads, model=model, scale=scale,
                 device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
                 outscale=outscale, width=width, height=height, passes=passes,
-                batch_size=batch_size, report=report, on_event=view)
+                batch_size=batch_size, degradation=deg, report=report, on_event=view)
         finally:
             view.close()
         print_summary(result, err_console)

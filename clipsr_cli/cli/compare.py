@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         precision: o.PrecisionOpt = "auto",
         tile: o.Tile = "auto",
         tile_overlap: o.TileOverlap = None,
+        degradation: o.DegradationOpt = "auto",
+        denoise: o.Denoise = None,
         overwrite: o.Overwrite = False,
         quiet: o.Quiet = False,
         verbose: o.Verbose = False,
@@ -41,9 +43,12 @@ def register(app: typer.Typer) -> None:
         """Compare models on one image: a grid of their outputs with a zoomed crop, labelled
         with name and time; the table of times (and scores with --ref) on stdout."""
         from clipsr_cli.cli.console import configure, info
-        from clipsr_cli.tasks.compare import compare
+        from clipsr_cli.infer.degradation import Degradation
 
         configure(verbose=verbose, quiet=quiet)
+        deg = Degradation(degradation, denoise)
+        from clipsr_cli.tasks.compare import compare
+
         if output is None:
             p = Path(input).expanduser()
             output = str(p.with_name(f"{p.stem}_compare.png"))
@@ -54,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         result = compare(input=input, models=models or [], text=text, ref=ref, crop=crop,
                          output=output, overwrite=overwrite, device=device, precision=precision,
-                         tile=tile, tile_overlap=tile_overlap, on_result=done)
+                         tile=tile, tile_overlap=tile_overlap, degradation=deg, on_result=done)
         typer.echo(format_table(result))
         x, y, w, h = result.crop
         how = "chosen where the models differ most" if result.crop_auto else "as given"

@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         device: o.Device = "auto",
         precision: o.PrecisionOpt = "auto",
         tile: o.Tile = "auto",
+        degradation: o.DegradationOpt = "auto",
+        denoise: o.Denoise = None,
         quiet: o.Quiet = False,
         verbose: o.Verbose = False,
     ) -> None:
@@ -53,16 +55,18 @@ def register(app: typer.Typer) -> None:
 
         from clipsr_cli.cli.console import configure, info, tile_progress, warn
         from clipsr_cli.data.lr_file import parse_degradations
+        from clipsr_cli.infer.degradation import Degradation
         from clipsr_cli.tasks.evaluate import check_report, evaluate, write_report
         from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
         configure(verbose=verbose, quiet=quiet)
         conditions = parse_degradations(degrade)
+        deg = Degradation(degradation, denoise)
         check_options(scale=scale, device=device, precision=precision, tile=tile)
         if report:
             check_report(report, data=data, captions=captions)
         up = load_upscaler(model=model, scale=scale, device=device, precision=precision,
-                           tile=tile, tile_overlap=None)
+                           tile=tile, tile_overlap=None, degradation=deg)
         reports = []
         for cond in conditions:
             with tile_progress(f"eval ×{up.scale} {cond}") as progress:
@@ -97,21 +101,28 @@ def _image_table(rep, up, data):
     for col in ("image", "bicubic dB", "model dB", "gain dB", "bicubic SSIM", "model SSIM",
                 "RGB dB (bic → model)"):
         table.add_column(col, justify="left" if col == "image" else "right")
-    if rep.images and rep.images[0].clip_score is not None:
+    clip = bool(rep.images) and rep.images[0].clip_score is not None
+    if clip:
         table.add_column("CLIP score", justify="right")
+    if up.blendable:
+        table.add_column("denoise", justify="right")
     for i in rep.images:
         row = [i.name, fmt(i.bicubic_psnr), fmt(i.model_psnr), f"{i.gain:+.2f}",
                fmt(i.bicubic_ssim, 4), fmt(i.model_ssim, 4),
                f"{fmt(i.bicubic_psnr_rgb)} → {fmt(i.model_psnr_rgb)}"]
-        if len(table.columns) > 7:
+        if clip:
             row.append(fmt(i.clip_score, 3))
+        if up.blendable:
+            row.append(f"{i.denoise:.2f}")
         table.add_row(*row)
     m = rep.summary()
     row = ["mean", fmt(m["bicubic_psnr"]), fmt(m["model_psnr"]), f"{m['gain']:+.2f}",
            fmt(m["bicubic_ssim"], 4), fmt(m["model_ssim"], 4),
            f"{fmt(m['bicubic_psnr_rgb'])} → {fmt(m['model_psnr_rgb'])}"]
-    if len(table.columns) > 7:
+    if clip:
         row.append(fmt(m["clip_score"], 3))
+    if up.blendable:
+        row.append("")
     table.add_row(*row, style="bold")
     return table
 

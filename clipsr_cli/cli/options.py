@@ -47,6 +47,15 @@ Width = Annotated[Optional[int], typer.Option(
 Height = Annotated[Optional[int], typer.Option(
     "--height", metavar="H", help="Output H pixels high; the width keeps the aspect ratio. "
     "Names: <stem>_h<H>.", show_default=False)]
+DegradationOpt = Annotated[str, typer.Option(
+    "--degradation", metavar="auto|clean|jpeg|noise", help="How degraded the input is: auto "
+    "(default) decides per image from the file itself (a JPEG's quantisation tables, noise "
+    "measured on flat areas); clean, jpeg or noise say it. Used by models with "
+    "degradation-aware weights (the built-ins); -v shows the choice.")]
+Denoise = Annotated[Optional[float], typer.Option(
+    "--denoise", metavar="0..1", help="Fixed strength between the clean (0) and the "
+    "degradation-aware (1) weights, like Real-ESRGAN's -dn; overrides --degradation.",
+    show_default=False)]
 Passes = Annotated[int, typer.Option(
     "--passes", metavar="N", help="Run the model N times (×s^N), e.g. --outscale 10 --passes 2 "
     "with a ×4 model: ×16, then resized down to ×10.")]

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         width: o.Width = None,
         height: o.Height = None,
         passes: o.Passes = 1,
+        degradation: o.DegradationOpt = "auto",
+        denoise: o.Denoise = None,
         text: o.Text = None,
         model: o.Model = None,
         device: o.Device = "auto",
@@ -38,9 +40,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
         from clipsr_cli.cli.console import configure, tile_progress
-        from clipsr_cli.tasks.upscale import upscale_file
+        from clipsr_cli.infer.degradation import Degradation
 
         configure(verbose=verbose, quiet=quiet)
+        deg = Degradation(degradation, denoise)  # a bad value: exit 2 before torch is imported
+        from clipsr_cli.tasks.upscale import upscale_file
+
         name = "<stdin>" if input == "-" else Path(input).name
         with tile_progress(f"upscale {name}") as progress:
             dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,
@@ -48,6 +53,6 @@ def register(app: typer.Typer) -> None:
                                 tile_overlap=tile_overlap, format=format, quality=quality,
                                 overwrite=overwrite, overwrite_input=overwrite_input,
                                 suffix=suffix, outscale=outscale, width=width, height=height,
-                                passes=passes, progress=progress)
+                                passes=passes, degradation=deg, progress=progress)
         if dest is not None:
             typer.echo(str(dest))  # the result, on stdout

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
-
-from clipsr_cli.data.noise import estimate_noise
 from clipsr_cli.errors import ModelError, UsageError, log
-from clipsr_cli.hub.registry import load_registry
-from clipsr_cli.hub.resolve import resolve_model
-from clipsr_cli.io.decode import LoadedImage
-from clipsr_cli.model.checkpoint import read_checkpoint
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI checks options without it
+    import torch
+
+    from clipsr_cli.io.decode import LoadedImage
 
 __all__ = ["DegradationMode", "Degradation", "Strength", "choose_strength", "WeightBlend",
            "partner_weights", "JPEG_CLEAN_QUALITY", "JPEG_FULL_QUALITY", "NOISE_CLEAN_SIGMA", "NOISE_FULL_SIGMA"]
@@ -85,7 +83,7 @@ class Strength:
         return f"denoise {self.value:.2f} ({self.reason})"
 
 
-def choose_strength(choice: Degradation, image: LoadedImage | torch.Tensor) -> Strength:
+def choose_strength(choice: Degradation, image: "LoadedImage | torch.Tensor") -> Strength:
     """The strength for ``image`` (a decoded file, or a (1, 3, H, W) tensor in [0, 1]).
 
     Never raises for odd inputs: what cannot be judged (unreadable JPEG tables, an image too small
@@ -94,6 +92,9 @@ def choose_strength(choice: Degradation, image: LoadedImage | torch.Tensor) -> S
         return Strength(choice.denoise, "--denoise")
     if choice.mode != "auto":
         return Strength(choice.fixed, f"--degradation {choice.mode}")
+    from clipsr_cli.data.noise import estimate_noise
+    from clipsr_cli.io.decode import LoadedImage
+
     loaded = isinstance(image, LoadedImage)
     rgb = image.rgb if loaded else image
     name = image.source if loaded else "the image"
@@ -125,8 +126,10 @@ class WeightBlend:
     ``apply(t)`` writes (1 - t)·clean + t·degraded into the network's parameters (in memory only,
     computed again only when t changes); t = 0 and t = 1 give exactly the two weight sets."""
 
-    def __init__(self, model: torch.nn.Module, clean: dict[str, torch.Tensor],
-                 degraded: dict[str, torch.Tensor], *, name: str = "model"):
+    def __init__(self, model: "torch.nn.Module", clean: "dict[str, torch.Tensor]",
+                 degraded: "dict[str, torch.Tensor]", *, name: str = "model"):
+        import torch
+
         own = model.state_dict()
         if set(clean) != set(degraded):
             raise ModelError(f"the degradation-aware partner of {name} has other tensors; the two "
@@ -140,11 +143,19 @@ class WeightBlend:
         self.degraded = {k: v.to(own[k].device, torch.float32) for k, v in degraded.items()}
         self.current: float | None = None
 
-    @torch.no_grad()
     def apply(self, t: float) -> None:
+        import torch
+
         t = float(t)
         if t == self.current:
             return
+        with torch.no_grad():
+            self._write(t)
+        self.current = t
+
+    def _write(self, t: float) -> None:
+        import torch
+
         params = self.model.state_dict()
         for k, a in self.clean.items():
             if t == 0.0:
@@ -154,14 +165,17 @@ class WeightBlend:
             else:
                 value = torch.lerp(a, self.degraded[k], t)
             params[k].copy_(value)
-        self.current = t
 
 
-def partner_weights(model: str, net: torch.nn.Module,
-                    degradation: Degradation) -> dict[str, torch.Tensor] | None:
+def partner_weights(model: str, net: "torch.nn.Module",
+                    degradation: Degradation) -> "dict[str, torch.Tensor] | None":
     """The weights of registered ``model``'s degradation-aware partner (its registry entry's
     ``degradation_model``), or None when it has none or ``degradation`` never needs it (a fixed
     strength of 0, e.g. ``--degradation clean``: then the clean model runs exactly as before)."""
+    from clipsr_cli.hub.registry import load_registry
+    from clipsr_cli.hub.resolve import resolve_model
+    from clipsr_cli.model.checkpoint import read_checkpoint
+
     if degradation.fixed == 0.0:
         return None
     entry = load_registry().find(model)

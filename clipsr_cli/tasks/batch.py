@@ -289,7 +289,7 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
               precision: str = "auto", tile: str | int = "auto", tile_overlap: int | None = None,
               outscale: float | None = None, width: int | None = None,
               height: int | None = None, passes: int = 1, batch_size: int = 1,
-              report: str | os.PathLike | None = None,
+              degradation=None, report: str | os.PathLike | None = None,
               upscaler=None, stdin: TextIO | None = None, env: Mapping[str, str] | None = None,
               on_event: EventFn | None = None) -> BatchResult:
     """Upscale every image of ``inputs`` into ``output_dir``; never raises for one bad file.
@@ -340,8 +340,8 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
                         for m in found.missing)
 
     def load():
-        return load_upscaler(model=model, scale=scale, device=device, precision=precision,
-                             tile=tile, tile_overlap=tile_overlap, passes=passes)
+        return load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
+                             tile_overlap=tile_overlap, passes=passes, degradation=degradation)
 
     up = upscaler
     if up is not None and passes > 1:

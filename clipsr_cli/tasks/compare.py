@@ -116,15 +116,18 @@ def auto_crop(images: Sequence[np.ndarray], scale: int, size: tuple[int, int]) -
     return idx % cols, idx // cols, side, side
 
 
-def _run(name: str, lr: torch.Tensor, text: str | None, *, settings: dict) -> tuple[ModelRun, torch.Tensor]:
+def _run(name: str, image, text: str | None, *, settings: dict) -> tuple[ModelRun, torch.Tensor]:
     t0 = time.perf_counter()
     up = Upscaler.load(name, **settings)
     loaded = time.perf_counter() - t0
     use_text = bool(text) and up.info.text_conditioned
     if text and not use_text:
         log.warning("model %s is not text-conditioned; `text` is ignored for it", name)
+    strength = up.strength_for(image)  # from the file (a JPEG's tables), once per model
+    if up.blendable:
+        log.debug(f"{name}: {strength.describe()}")
     t1 = time.perf_counter()
-    sr = up.upscale_tensor(lr, text if use_text else None)
+    sr = up.upscale_tensor(image.rgb, text if use_text else None, strength=strength)
     if up.device.type == "cuda":
         torch.cuda.synchronize(up.device)
     seconds = time.perf_counter() - t1
@@ -151,7 +154,7 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
             ref: str | os.PathLike | None = None, crop: str | Sequence[int] | None = None,
             output: str | os.PathLike | None = None, overwrite: bool = False,
             device: str = "auto", precision: str = "auto", tile: str | int = "auto",
-            tile_overlap: int | None = None,
+            tile_overlap: int | None = None, degradation=None,
             on_result: Callable[[ModelRun], None] | None = None) -> Comparison:
     """Upscale ``input`` with each of ``models`` (all of one scale) and compose the grid.
 
@@ -176,9 +179,11 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     if ref is not None:
         hr = read_image(ref).rgb
     settings = dict(device=device, precision=precision, tile=tile, tile_overlap=tile_overlap)
+    if degradation is not None:
+        settings["degradation"] = degradation
     runs: list[ModelRun] = []
     for name in models:
-        run, sr = _run(name, lr, text, settings=settings)
+        run, sr = _run(name, image, text, settings=settings)
         if runs and run.scale != runs[0].scale:
             raise UsageError(f"`models` must all upscale by one factor: {runs[0].name} is "
                              f"×{runs[0].scale}, {name} is ×{run.scale}", param="models")

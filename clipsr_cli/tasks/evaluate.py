@@ -24,10 +24,11 @@ import torch
 
 from clipsr_cli.data.datasets import open_dataset
 from clipsr_cli.data.degrade import crop_to_multiple, degrade, imresize
-from clipsr_cli.data.lr_file import FileDegradation, degrade_file
+from clipsr_cli.data.lr_file import FileDegradation, lr_file
 from clipsr_cli.data.metrics import psnr, ssim
 from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import DataError, InputError, UsageError
+from clipsr_cli.io.images import read_image
 from clipsr_cli.io.quantise import quantise
 
 REPORT_VERSION = 3  # 3: one entry per LR condition (`degrade`) under "conditions"
@@ -55,6 +56,10 @@ class ImageScores:
     """Model minus bicubic Y-PSNR on those blocks (None: none)."""
     invented_texture: bool = False
     """The smooth-region check flagged the output (worse than bicubic where the scene is smooth)."""
+    denoise: float = 0.0
+    """The degradation strength the engine chose for this LR file (``--degradation``)."""
+    denoise_reason: str = ""
+    """Why (e.g. "JPEG quality 75", "noise σ 4.8", "--denoise")."""
 
     @property
     def gain(self) -> float:
@@ -185,9 +190,12 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             report.notes.append(f"skipped {sample.path.name}: too small for ×{s} ({img.size[0]}×"
                                 f"{img.size[1]})")
             continue
-        lr = degrade_file(_lr_of(hr, s, resizer), cond, seed=Path(sample.path).name)
+        data, _ = lr_file(_lr_of(hr, s, resizer), cond, seed=Path(sample.path).name)
+        lr_image = read_image(data)  # what `clipsr upscale` would read: a JPEG keeps its tables
+        lr = lr_image.rgb
+        strength = upscaler.strength_for(lr_image)
         bic = imresize(lr, s).clamp(0, 1)
-        sr = upscaler.upscale_tensor(lr, caption if text_model else None)
+        sr = upscaler.upscale_tensor(lr, caption if text_model else None, strength=strength)
         smooth = smooth_region_check(sr, hr, bic, border=s)
         clip_score = None
         if text_model and caption:
@@ -199,6 +207,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             bicubic_psnr_rgb=float(psnr(bic, hr, border=s, y_channel=False)),
             model_psnr_rgb=float(psnr(sr, hr, border=s, y_channel=False)),
             clip_score=clip_score, smooth_fraction=smooth.fraction, smooth_delta=smooth.delta_db,
+            denoise=strength.value, denoise_reason=strength.reason,
             invented_texture=smooth.flagged))
         if progress is not None:
             progress(i + 1, n)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipsr_cli.errors import InputError, UsageError, log
+from clipsr_cli.infer.degradation import Degradation
 from clipsr_cli.io.formats import format_for, normalise_format
 from clipsr_cli.io.outputs import output_path_for, resolve_destination, same_file
 from clipsr_cli.model.config import SCALES
@@ -50,14 +51,16 @@ def check_passes(passes: int) -> int:
 
 
 def load_upscaler(*, model: str | None, scale: int | None, device: str, precision: str,
-                  tile: str | int, tile_overlap: int | None, passes: int = 1):
-    """Resolve model/scale defaults and load the engine once (run ``passes`` times: ×s^passes)."""
+                  tile: str | int, tile_overlap: int | None, passes: int = 1,
+                  degradation: Degradation | None = None):
+    """Resolve model/scale defaults and load the engine once (run ``passes`` times: ×s^passes);
+    ``degradation``: how degraded inputs are treated (default: auto, decided per image)."""
     from clipsr_cli.infer.engine import Upscaler
 
     if model is None and scale is None:
         scale = DEFAULT_SCALE
     up = Upscaler.load(model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap)
+                       tile_overlap=tile_overlap, degradation=degradation or Degradation())
     if check_passes(passes) > 1:
         from clipsr_cli.infer.pipeline import Pipeline
 
@@ -86,6 +89,7 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
                  overwrite: bool = False, overwrite_input: bool = False,
                  suffix: str | None = None, outscale: float | None = None,
                  width: int | None = None, height: int | None = None, passes: int = 1,
+                 degradation: Degradation | None = None,
                  progress: Progress | None = None) -> Path | None:
     """Read ``input``, upscale it, write the result atomically; return the path (None: stdout).
 
@@ -113,14 +117,17 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
     except InputError as e:  # both `width` and `height`, another shape: the options conflict
         raise UsageError(str(e), param="height") from None
     up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, passes=passes)
+                       tile_overlap=tile_overlap, passes=passes, degradation=degradation)
     dest = resolve_output(input, output, up.scale, format=format, overwrite=overwrite,
                           overwrite_input=overwrite_input, suffix=suffix)
     replace = overwrite or (dest is not None and input != "-" and same_file(dest, input))
     check_text(up, text)
     if (note := beyond_note(size, up.scale)) is not None:
         log.info(note)
-    rgb, alpha = up.upscale_image(image, text, progress=progress)
+    strength = up.strength_for(image)
+    if up.blendable:
+        log.debug(f"{image.source}: {strength.describe()}")
+    rgb, alpha = up.upscale_image(image, text, progress=progress, strength=strength)
     if target is not None:
         rgb, alpha = resize_output(rgb, alpha, target)
     written = imageio.write_image(dest if dest is not None else "-", rgb, alpha, like=image,
