@@ -97,9 +97,16 @@ def register(app: typer.Typer) -> None:
         from clipsr_cli.cli.console import cli_words, configure, err_console, state
         from clipsr_cli.cli.exits import EXIT_INTERRUPTED, EXIT_PARTIAL
         from clipsr_cli.infer.degradation import Degradation
+        from clipsr_cli.tasks.checks import check_batch
 
         configure(verbose=verbose, quiet=quiet)
         deg = Degradation(degradation, denoise)
+        check_batch(skip_existing=skip_existing, overwrite=overwrite, io_threads=io_threads,
+                    batch_size=batch_size, shard=shard, text=text, captions=captions,
+                    caption_sidecar=caption_sidecar, suffix=suffix, passes=passes,
+                    outscale=outscale, width=width, height=height, scale=scale, device=device,
+                    precision=precision, tile=tile, tile_overlap=tile_overlap, format=format,
+                    quality=quality)  # before torch is imported
         from clipsr_cli.tasks.batch import run_batch, write_report
 
         view = BatchView(err_console, quiet=state.quiet, verbose=state.verbose)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from clipsr_cli.cli.console import cli_words, info, state
-from clipsr_cli.tasks.batch import BatchEvent, BatchResult, FileResult
+from clipsr_cli.tasks.batch_report import BatchEvent, BatchResult, FileResult
 
 _MAX_LISTED = 20  # failures listed in the summary; --report has them all
 

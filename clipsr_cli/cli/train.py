@@ -6,6 +6,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from clipsr_cli.cli import options as o
+from clipsr_cli.infer.values import check_device, check_precision
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -47,9 +50,11 @@ def register(app: typer.Typer) -> None:
             "--val", help="Validation images (Y-PSNR/SSIM of the EMA model vs bicubic).",
             show_default=False)] = None,
         device: Annotated[Optional[str], typer.Option(
-            "--device", help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+            "--device", help="auto, cpu, cuda or cuda:N.", show_default=False,
+            callback=o.checked(check_device))] = None,
         precision: Annotated[Optional[str], typer.Option(
-            "--precision", help="auto, fp32, bf16 or fp16 (autocast).", show_default=False)] = None,
+            "--precision", help="auto, fp32, bf16 or fp16 (autocast).", show_default=False,
+            callback=o.checked(check_precision))] = None,
         workers: Annotated[Optional[int], typer.Option(
             "--workers", help="DataLoader workers for datasets streamed from disk.",
             show_default=False)] = None,

@@ -7,8 +7,7 @@ import os
 import torch
 
 from clipsr_cli.errors import DeviceError, UsageError, log
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from clipsr_cli.infer.values import PRECISIONS, check_device, check_precision  # noqa: F401
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -23,19 +22,14 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """
     if isinstance(spec, torch.device):
         return spec
-    s = str(spec).strip().lower()
+    s = check_device(spec)
     if s == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    unknown = UsageError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps",
-                         param="device")
-    try:
-        dev = torch.device(s)
-    except RuntimeError:
-        raise unknown from None
+    dev = torch.device(s)
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
@@ -51,7 +45,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
             raise DeviceError("device 'mps' requested but Apple MPS is not available here; "
                               "use `device='cpu'` (or auto)")
         return dev
-    raise unknown
+    raise AssertionError(f"check_device let {spec!r} through")  # pragma: no cover
 
 
 def _cpu_bf16_fast() -> bool:
@@ -69,10 +63,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     An unknown name raises ``UsageError``; fp16 on the CPU (which has no fp16 kernels) raises
     ``DeviceError``.
     """
-    p = str(precision).strip().lower()
-    if p not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16",
-                         param="precision")
+    p = check_precision(precision)
     if p == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

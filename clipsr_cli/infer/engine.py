@@ -40,6 +40,7 @@ from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
 from clipsr_cli.infer.degradation import Degradation, WeightBlend, partner_weights
 from clipsr_cli.infer.devices import resolve_device, resolve_precision, supported_dtype
 from clipsr_cli.infer.pipeline import Pipeline
+from clipsr_cli.infer.values import parse_tiling
 from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, plan_tiles, run_plan,
                                      run_tiled)
 from clipsr_cli.model.checkpoint import load_checkpoint
@@ -60,25 +61,6 @@ def load_clip_backbone(spec: str | ClipSpec, device: str | torch.device = "cpu")
     spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
     path = clip_weights_path(spec.arch, spec.weights) if spec.weights_is_name else None
     return load_clip(spec, device, weights_path=path)
-
-
-def parse_tiling(tile: int | str, tile_overlap: int | None) -> tuple[int | Literal["auto"], int | None]:
-    """Check ``tile`` ('auto', 0 = off, or a size; a string is parsed) and ``tile_overlap``
-    (>= 0, or None for the model's hint); UsageError for a value that can never work."""
-    if tile_overlap is not None and tile_overlap < 0:
-        raise UsageError("`tile_overlap` must be >= 0", param="tile_overlap")
-    if isinstance(tile, str):
-        if tile.strip().lower() != "auto":
-            try:
-                tile = int(tile)
-            except ValueError:
-                raise UsageError(f"`tile` must be 'auto', 0 (off) or a size in LR pixels, "
-                                 f"not {tile!r}", param="tile") from None
-        else:
-            tile = "auto"
-    if isinstance(tile, int) and tile < 0:
-        raise UsageError("`tile` must be 'auto', 0 (off) or a positive size", param="tile")
-    return tile, tile_overlap
 
 
 @dataclass(frozen=True)

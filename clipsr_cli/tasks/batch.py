@@ -32,6 +32,7 @@ from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.tasks.batch_plan import Job, check_report, checkpoint_scale, plan, plan_jobs
 from clipsr_cli.tasks.batch_report import (EXISTS, REPORT_VERSION, BatchEvent, BatchResult,
                                            EventFn, FileResult, write_report)
+from clipsr_cli.tasks.checks import check_batch
 from clipsr_cli.tasks.outsize import OutputSize, beyond_note
 from clipsr_cli.tasks.sources import (CaptionFn, Discovery, Source, caption_source, discover,
                                       images_below, local_device, parse_shard, resolve_shard,
@@ -308,21 +309,16 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
     :func:`~clipsr_cli.tasks.sources.shard_from_env` and
     :func:`~clipsr_cli.tasks.sources.local_device`.
     """
-    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_passes, load_upscaler
+    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, load_upscaler
 
     emit = on_event or (lambda event: None)
-    if skip_existing and overwrite:
-        raise UsageError("use either `skip_existing=True` or `overwrite=True`, not both",
-                         param="skip_existing")
-    if io_threads < 0:
-        raise UsageError("`io_threads` must be 0 or more", param="io_threads")
-    check_options(scale=scale, device=device, precision=precision, tile=tile,
-                  tile_overlap=tile_overlap, format=format, quality=quality)
-    check_passes(passes)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
-                         param="batch_size")
-    size = OutputSize.parse(outscale=outscale, width=width, height=height)
+    size = check_batch(skip_existing=skip_existing, overwrite=overwrite, io_threads=io_threads,
+                       batch_size=batch_size, shard=shard, text=text, captions=captions,
+                       caption_sidecar=caption_sidecar, suffix=suffix, passes=passes,
+                       outscale=outscale, width=width, height=height, scale=scale,
+                       device=device, precision=precision, tile=tile,
+                       tile_overlap=tile_overlap, format=format, quality=quality)
+    check_options(scale=scale, device=device, precision=precision)  # the device exists here
     if suffix is None and size is not None:
         suffix = size.suffix
     env = os.environ if env is None else env

@@ -338,12 +338,17 @@ def sidecar_caption(image: str | os.PathLike) -> str | None:
     return (sidecar_captions(image) or (None,))[0]
 
 
-def caption_source(*, text: str | None = None, captions: str | os.PathLike | None = None,
-                   caption_sidecar: bool = False) -> CaptionFn | None:
-    """One of: the same ``text`` for all, a caption manifest, or sidecar files (or None)."""
+def check_caption_options(*, text: str | None = None, captions=None,
+                          caption_sidecar: bool = False) -> None:
     if sum((bool(text), captions is not None, caption_sidecar)) > 1:
         raise UsageError("use only one of `text`, `captions` and `caption_sidecar`",
                          param="captions")
+
+
+def caption_source(*, text: str | None = None, captions: str | os.PathLike | None = None,
+                   caption_sidecar: bool = False) -> CaptionFn | None:
+    """One of: the same ``text`` for all, a caption manifest, or sidecar files (or None)."""
+    check_caption_options(text=text, captions=captions, caption_sidecar=caption_sidecar)
     if text:
         return lambda _source: text
     if captions is not None:

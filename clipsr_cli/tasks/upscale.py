@@ -13,12 +13,12 @@ from typing import Callable
 
 from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.infer.degradation import Degradation
-from clipsr_cli.io.formats import format_for, normalise_format
-from clipsr_cli.io.outputs import output_path_for, resolve_destination, same_file
-from clipsr_cli.model.config import SCALES
+from clipsr_cli.io.formats import format_for
+from clipsr_cli.io.outputs import resolve_destination, same_file
+from clipsr_cli.tasks.checks import check_passes, check_upscale, check_values
 
-__all__ = ["DEFAULT_SCALE", "check_options", "check_passes", "check_text", "load_upscaler",
-           "resolve_output", "upscale_file"]
+__all__ = ["DEFAULT_SCALE", "check_options", "check_passes", "check_values", "check_text",
+           "load_upscaler", "resolve_output", "upscale_file"]
 
 DEFAULT_SCALE = 4
 Progress = Callable[[int, int], None]
@@ -27,27 +27,13 @@ Progress = Callable[[int, int], None]
 def check_options(*, scale: int | None = None, device: str = "auto", precision: str = "auto",
                   tile: str | int = "auto", tile_overlap: int | None = None,
                   format: str | None = None, quality: int = 95) -> None:
-    """Refuse option values that can never work (UsageError, exit status 2 in the CLI) before
-    any file is read or model loaded, so nothing else is printed first."""
+    """:func:`check_values`, then whether the device and precision exist here (DeviceError),
+    before any file is read or model loaded, so nothing else is printed first."""
     from clipsr_cli.infer.devices import resolve_device, resolve_precision
-    from clipsr_cli.infer.engine import parse_tiling
 
-    if scale is not None and scale not in SCALES:
-        raise UsageError(f"`scale` must be 4, 8 or 16 (2 for custom models), not {scale}",
-                         param="scale")
-    parse_tiling(tile, tile_overlap)
-    if format is not None:
-        normalise_format(format)
-    if not 1 <= int(quality) <= 100:
-        raise UsageError(f"`quality` must be between 1 and 100, not {quality}", param="quality")
+    check_values(scale=scale, device=device, precision=precision, tile=tile,
+                 tile_overlap=tile_overlap, format=format, quality=quality)
     resolve_precision(precision, resolve_device(device))
-
-
-def check_passes(passes: int) -> int:
-    """``passes``: how many times the model runs (a whole number >= 1)."""
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise UsageError(f"`passes` must be a whole number >= 1, not {passes!r}", param="passes")
-    return passes
 
 
 def load_upscaler(*, model: str | None, scale: int | None, device: str, precision: str,
@@ -96,20 +82,19 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
     ``suffix`` replaces ``_x<s>`` in the default output name; ``progress(done, total)`` hears
     about tiles. ``outscale`` / ``width`` / ``height``: any output size (the model's result
     resized, see :mod:`clipsr_cli.tasks.outsize`); ``passes``: run the model that many times."""
-    from clipsr_cli.io import images as imageio
-    from clipsr_cli.tasks.outsize import OutputSize, beyond_note, resize_output
-
     t0 = time.perf_counter()
-    check_options(scale=scale, device=device, precision=precision, tile=tile,
-                  tile_overlap=tile_overlap, format=format, quality=quality)
-    check_passes(passes)
-    size = OutputSize.parse(outscale=outscale, width=width, height=height)
-    if suffix is None and size is not None:
-        suffix = size.suffix
+    size = check_upscale(scale=scale, device=device, precision=precision, tile=tile,
+                         tile_overlap=tile_overlap, format=format, quality=quality,
+                         suffix=suffix, passes=passes, outscale=outscale, width=width,
+                         height=height)  # before torch is imported
+    from clipsr_cli.io import images as imageio
+    from clipsr_cli.tasks.outsize import beyond_note, resize_output
+
     if output == "-":
         format_for("-", format)  # stdout needs a format: say so before any work
-    elif suffix is not None:
-        output_path_for("x.png", 1, suffix=suffix)  # a bad suffix fails first
+    check_options(scale=scale, device=device, precision=precision)  # the device exists here
+    if suffix is None and size is not None:
+        suffix = size.suffix
     image = imageio.read_image(input)  # fail on a bad input before loading any model
     w, h = image.size
     try:

@@ -22,7 +22,6 @@ from typing import Any
 from clipsr_cli.data.datasets import FORMATS
 from clipsr_cli.errors import UsageError
 from clipsr_cli.model.config import SCALES
-from clipsr_cli.train.rundir import saved_config
 from clipsr_cli.train.schema import (DEFAULT_CLIP, PRESETS, SECTIONS, ConfigError,
                                      ConfigUsageError, DataSection,
                                      LossSection, ModelSection, OptimSection, RunSection,
@@ -170,6 +169,8 @@ def config_from_cli(*, config: str | None, preset: str | None, resume: bool,
         out = over.get("run", {}).get("out")
         if not out:
             raise UsageError("`resume=True` needs `out='RUN_DIR'` (the run to continue)", param="out")
+        from clipsr_cli.train.rundir import saved_config  # torch: not before flags are checked
+
         base = saved_config(Path(out).expanduser())
     else:
         init = over.get("run", {}).get("init")
