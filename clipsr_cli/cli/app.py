@@ -114,9 +114,11 @@ def _register() -> None:
     from clipsr_cli.cli import inspect
     from clipsr_cli.cli import train
     from clipsr_cli.cli import upscale
+    from clipsr_cli.cli import video
 
     upscale.register(app)
     batch.register(app)
+    video.register(app)
     edit.register(app)
     train.register(app)
     download.register(app)

@@ -1,0 +1,239 @@
+"""``video``: upscale a whole video, keep its sound, survive a stop, split across machines.
+
+:func:`upscale_video` is what ``clipsr video`` calls. The order of work:
+
+1. every option is checked, the input indexed (:func:`~clipsr_cli.io.video_read.probe`: header
+   and packets, no frame decoded) and the output size judged against the limits, the encoder
+   chosen and the streams to copy checked against the output container: every bad input fails
+   here, with one line, before a model is loaded or a frame decoded;
+2. the settings are decided once per video (:func:`decide_settings`, from the first frames),
+   so every segment (and every shard) is made the same way and nothing flickers;
+3. the segments (:mod:`~clipsr_cli.tasks.video_plan`) of this shard that are not finished yet
+   stream through the engine in batches (bounded memory whatever the video's length; no folder
+   of images is ever written) and are written atomically into the work folder;
+4. whoever finds every segment finished joins them (:mod:`~clipsr_cli.tasks.video_run`).
+
+Nothing here prints: notes go to :data:`~clipsr_cli.errors.log`, progress to a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from clipsr_cli.errors import InputError, UsageError, log
+from clipsr_cli.io.formats import MAX_PIXELS_ENV, max_pixels_limit
+from clipsr_cli.io.outputs import check_destination
+from clipsr_cli.io.video_read import probe
+from clipsr_cli.io.video_write import CONTAINERS, EncoderChoice, check_copyable, choose_encoder
+from clipsr_cli.io.video_write import legal_size
+from clipsr_cli.tasks.outsize import OutputSize, beyond_note
+from clipsr_cli.tasks.sources import resolve_shard
+from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_passes, check_text
+from clipsr_cli.tasks.upscale import load_upscaler
+from clipsr_cli.tasks import video_run
+from clipsr_cli.tasks.video_plan import WorkFolder, plan_document, plan_segments, shard_segments
+from clipsr_cli.tasks.video_run import DiskFullError, VideoProgress
+
+__all__ = ["DiskFullError", "REPORT_VERSION", "VideoProgress", "VideoResult", "VideoSettings", "decide_settings",
+           "default_output", "upscale_video", "write_video_report"]
+
+REPORT_VERSION = 1
+#: Segment length (seconds, at least; segments start on keyframes): the most work a stop loses.
+SEGMENT_SECONDS = 4.0
+#: Frames :func:`decide_settings` looks at.
+FIRST_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """Decided once per video and stored in ``plan.json``: every segment, every shard and a
+    resumed run use exactly these (see :func:`decide_settings`)."""
+
+    model: str
+    scale: int  # the model's (× passes)
+    text: str | None
+    width: int  # output frame size (encoder-legal)
+    height: int
+    codec: str
+    pix_fmt: str
+    crf: int | None
+    preset: str | None
+    rotation: int  # display rotation of the input, carried to the output
+    degradation: str | None = None  # the engine's degradation strength, when it has one
+
+
+@dataclass
+class VideoResult:
+    input: Path
+    output: Path
+    work_dir: Path
+    frames: int  # in the video
+    segments: int  # in the video
+    shard: tuple[int, int] | None
+    settings: VideoSettings | None
+    segments_made: list[int] = field(default_factory=list)  # by this run
+    segments_resumed: int = 0  # of this shard, finished before this run
+    frames_made: int = 0
+    corrupt_packets: int = 0
+    joined: bool = False
+    missing: list[int] = field(default_factory=list)  # segments still to make (other shards)
+    seconds: float = 0.0
+
+    def to_report(self) -> dict:
+        fps = self.frames_made / self.seconds if self.seconds > 0 else None
+        return {"input": str(self.input), "output": str(self.output),
+                "work_dir": str(self.work_dir), "frames": self.frames,
+                "segments": self.segments,
+                "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
+                "segments_made": self.segments_made, "segments_resumed": self.segments_resumed,
+                "frames_made": self.frames_made, "corrupt_packets": self.corrupt_packets,
+                "joined": self.joined, "missing_segments": self.missing,
+                "seconds": round(self.seconds, 3), "fps": fps,
+                "settings": asdict(self.settings) if self.settings else None}
+
+
+ProgressFn = Callable[[VideoProgress], None]
+
+
+def default_output(input: str | os.PathLike, scale: int, suffix: str | None = None) -> Path:
+    """``<stem>_x<s>`` (or ``suffix``) beside the input, in its container when clipsr writes
+    that one, else ``.mkv``."""
+    p = Path(input)
+    ext = p.suffix.lower() if p.suffix.lower() in CONTAINERS else ".mkv"
+    return p.with_name(f"{p.stem}{suffix if suffix is not None else f'_x{scale}'}{ext}")
+
+
+def _check_output_size(width: int, height: int, name: str) -> None:
+    """The output frames are judged by the project's pixel limit (one frame is one image)."""
+    limit = max_pixels_limit()
+    if width * height > limit:
+        raise InputError(f"{name} would become {width}×{height} frames "
+                         f"({width * height / 1e6:.4g} MP), more than the limit of "
+                         f"{limit / 1e6:.4g} MP for one image; use a smaller `scale` or "
+                         f"`width`, or raise the limit with {MAX_PIXELS_ENV}=N")
+
+
+def _degradation(first_frames) -> str | None:
+    """The one place the engine's degradation strength is chosen for a whole video, from its
+    first frames. The engine has no such choice yet (issue #18): None."""
+    return None
+
+
+def decide_settings(*, index, up, text: str | None, target: tuple[int, int],
+                    choice: EncoderChoice, first_frames) -> VideoSettings:
+    """The settings of one video, decided once (see :class:`VideoSettings`): ``first_frames``
+    are (pts, rgb, rotation) of the video's first frames."""
+    rotation = first_frames[0][2] if first_frames else 0
+    return VideoSettings(model=up.name, scale=up.scale, text=text or None, width=target[0],
+                         height=target[1], codec=choice.codec, pix_fmt=choice.pix_fmt,
+                         crf=choice.crf, preset=choice.preset, rotation=rotation,
+                         degradation=_degradation(first_frames))
+
+
+def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None = None,
+                  scale: int | None = None, model: str | None = None, text: str | None = None,
+                  outscale: float | None = None, width: int | None = None,
+                  height: int | None = None, passes: int = 1, device: str = "auto",
+                  precision: str = "auto", tile: str | int = "auto",
+                  tile_overlap: int | None = None, batch_size: int = 1,
+                  codec: str | None = None, crf: int | None = None, preset: str | None = None,
+                  pix_fmt: str | None = None, shard: str | tuple[int, int] | None = None,
+                  join: bool = False, work_dir: str | os.PathLike | None = None,
+                  segment_seconds: float = SEGMENT_SECONDS, overwrite: bool = False,
+                  keep_parts: bool = False, progress: ProgressFn | None = None,
+                  env: Mapping[str, str] | None = None) -> VideoResult:
+    """Upscale the video ``input`` into ``output`` (see the module docstring).
+
+    ``shard`` (``"K/N"``, ``"auto"``): make only shard K's segments; the run that finds every
+    segment finished joins them. ``join``: only join (every segment must be finished).
+    ``work_dir``: where segments wait (default ``OUTPUT.parts``; shared storage for shards);
+    removed after the join unless ``keep_parts``. Running the same call again resumes."""
+    t0 = time.perf_counter()
+    check_options(scale=scale, device=device, precision=precision, tile=tile,
+                  tile_overlap=tile_overlap)
+    check_passes(passes)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
+                         param="batch_size")
+    if not (isinstance(segment_seconds, (int, float)) and segment_seconds > 0):
+        raise UsageError(f"`segment_seconds` must be > 0, not {segment_seconds!r}",
+                         param="segment_seconds")
+    size = OutputSize.parse(outscale=outscale, width=width, height=height)
+    shard_kn = resolve_shard(shard, os.environ if env is None else env)
+    src = Path(input).expanduser()
+    known_scale = (scale or (DEFAULT_SCALE if model is None else None))
+    if known_scale is not None:
+        known_scale = known_scale ** passes
+    dest0 = Path(output).expanduser() if output is not None else default_output(
+        src, known_scale or DEFAULT_SCALE, size.suffix if size else None)
+    choice = choose_encoder(output=dest0, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    if output is not None:  # an existing output fails before any work
+        check_destination(dest0, source=src, overwrite=overwrite)
+
+    def header_check(w: int, h: int) -> None:
+        from clipsr_cli.io.formats import check_dimensions
+
+        check_dimensions(w, h, src.name)
+        if known_scale is not None:
+            _check_output_size(*_target(size, w, h, known_scale, choice, src.name), src.name)
+
+    index = probe(src, check_size=header_check)
+    check_copyable(src, [s.index for s in index.streams], choice.container)
+    up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
+                       tile_overlap=tile_overlap, passes=passes)
+    check_text(up, text)
+    dest = Path(output).expanduser() if output is not None else default_output(
+        src, up.scale, size.suffix if size else None)
+    target = _target(size, index.width, index.height, up.scale, choice, src.name)
+    _check_output_size(*target, src.name)
+    asked = (size.target(index.width, index.height) if size is not None
+             else (index.width * up.scale, index.height * up.scale))
+    if target != asked:
+        log.info(f"{choice.pix_fmt} needs even sides: frames are {target[0]}×{target[1]}, not "
+                 f"{asked[0]}×{asked[1]} (resized to it)")
+    if (note := beyond_note(size, up.scale)) is not None:
+        log.info(note)
+    folder = WorkFolder(Path(work_dir).expanduser() if work_dir is not None
+                        else dest.with_name(dest.name + ".parts"))
+    check_destination(dest, source=src, overwrite=overwrite)
+    segments = plan_segments(index, segment_seconds)
+    first = video_run.first_frames(index, segments, FIRST_FRAMES)
+    settings = decide_settings(index=index, up=up, text=text, target=target, choice=choice,
+                               first_frames=first)
+    result = VideoResult(input=src, output=dest, work_dir=folder.path, frames=index.frames,
+                         segments=len(segments), shard=shard_kn, settings=settings)
+    resumed = folder.prepare(plan_document(index, segments, settings))
+    if not join:
+        mine = shard_segments(segments, shard_kn)
+        video_run.make_segments(up, index, folder, mine, settings, choice, result,
+                                batch_size=batch_size, resumed=resumed, progress=progress,
+                                started=t0)
+    video_run.finish(folder, index, segments, settings, choice, result, join=join,
+                     overwrite=overwrite, keep_parts=keep_parts)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _target(size: OutputSize | None, w: int, h: int, scale: int, choice: EncoderChoice,
+            name: str) -> tuple[int, int]:
+    """The output frame size: the model's (or the asked) size, made encoder-legal."""
+    try:
+        tw, th = size.target(w, h, name=name) if size is not None else (w * scale, h * scale)
+    except InputError as e:  # both `width` and `height`, another shape: the options conflict
+        raise UsageError(str(e), param="height") from None
+    return legal_size(tw, th, choice.pix_fmt)
+
+
+def write_video_report(path: str | os.PathLike, result: VideoResult) -> Path:
+    """``result`` as strict JSON (atomic; replaces an old report). ``{shard}`` in ``path``
+    becomes ``KofN``, as in ``batch``."""
+    from clipsr_cli.io.reports import write_json
+
+    if "{shard}" in os.fspath(path):
+        k, n = result.shard or (1, 1)
+        path = os.fspath(path).replace("{shard}", f"{k}of{n}")
+    return write_json(path, result.to_report(), version=REPORT_VERSION, overwrite=True)
