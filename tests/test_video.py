@@ -332,3 +332,25 @@ def test_other_settings_do_not_mix_with_old_segments(clips, model, tmp_path):
     r = _cli([str(clips["a"]), "-o", str(out), "--segment-seconds", "0.2", "--crf", "30"],
              model)
     _one_error_line(r, 1, "holds segments made from other settings (crf differ)")
+
+
+def test_degradation_strength_decided_once_per_video(clips, model, tmp_path, monkeypatch):
+    """Auto strength judged on the first frames (their median), then the same for every frame:
+    no flicker from a strength that changes with the content."""
+    from clipsr_cli.infer.degradation import Strength
+    from clipsr_cli.infer.engine import Upscaler
+
+    judged, used = [], []
+
+    def strength_for(self, image):  # a strength that follows each frame's brightness
+        v = round(float(image.rgb.mean()), 3)
+        judged.append(v)
+        return Strength(v, "test")
+
+    monkeypatch.setattr(Upscaler, "blendable", property(lambda self: True))
+    monkeypatch.setattr(Upscaler, "strength_for", strength_for)
+    monkeypatch.setattr(Upscaler, "set_strength", lambda self, t: used.append(t))
+    result = run(clips["a"], tmp_path / "a.mp4", model)
+    assert len(set(judged)) > 1 and len(judged) == 8  # the first frames differ ...
+    assert result.settings.denoise == sorted(judged)[4]  # ... their median is taken
+    assert len(used) == 24 and set(used) == {result.settings.denoise}  # one value, every frame

@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
         width: o.Width = None,
         height: o.Height = None,
         passes: o.Passes = 1,
+        degradation: o.DegradationOpt = "auto",
+        denoise: o.Denoise = None,
         codec: Annotated[Optional[str], typer.Option(
             "--codec", help="Video encoder, e.g. libx264, libx265, libvpx-vp9, libsvtav1. "
             "Default: libx264 (.webm: libvpx-vp9), else the best this FFmpeg build has.")] = None,
@@ -117,14 +119,18 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from clipsr_cli.cli.console import configure, err_console, state
-        from clipsr_cli.tasks.video import upscale_video, write_video_report
+        from clipsr_cli.infer.degradation import Degradation
 
         configure(verbose=verbose, quiet=quiet)
+        deg = Degradation(degradation, denoise)  # a bad value: exit 2 before torch is imported
+        from clipsr_cli.tasks.video import upscale_video, write_video_report
+
         view = _ProgressView(err_console, quiet=state.quiet, name=Path(input).name)
         try:
             result = upscale_video(
                 input=input, output=output, scale=scale, model=model, text=text,
-                outscale=outscale, width=width, height=height, passes=passes, device=device,
+                outscale=outscale, width=width, height=height, passes=passes,
+                degradation=deg, device=device,
                 precision=precision, tile=tile, tile_overlap=tile_overlap,
                 batch_size=batch_size, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt,
                 shard=shard, join=join, work_dir=work_dir, segment_seconds=segment_seconds,

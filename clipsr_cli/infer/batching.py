@@ -44,13 +44,18 @@ def batch_limit(up, height: int, width: int, batch_size: int) -> int:
     return max(1, min(batch_size, int(st.tile) ** 2 // (hp * wp)))
 
 
-def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None]
+def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None], *,
+                   strength: float | None = None
                    ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
     """Upscale ``images`` (all the same size, untiled: see :func:`batch_limit`) with their
-    captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it."""
-    strengths = [up.strength_for(im).value for im in images] if up.blendable else [0.0]
+    captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it. ``strength``:
+    one degradation strength for all (``video`` decides it once); None: decided per image."""
+    if strength is not None:
+        strengths = [float(strength)]
+    else:
+        strengths = [up.strength_for(im).value for im in images] if up.blendable else [0.0]
     if len(images) == 1 or not isinstance(up, Upscaler) or len(set(strengths)) > 1:
-        return [up.upscale_image(im, t) for im, t in zip(images, texts)]
+        return [up.upscale_image(im, t, strength=strength) for im, t in zip(images, texts)]
     up.set_strength(strengths[0])
     h, w = images[0].rgb.shape[-2:]
     if any(im.rgb.shape[-2:] != (h, w) for im in images):

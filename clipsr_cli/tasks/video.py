@@ -63,7 +63,8 @@ class VideoSettings:
     crf: int | None
     preset: str | None
     rotation: int  # display rotation of the input, carried to the output
-    degradation: str | None = None  # the engine's degradation strength, when it has one
+    denoise: float  # the degradation strength, one for every frame (see `decide_settings`)
+    degradation: str  # why that strength
 
 
 @dataclass
@@ -117,10 +118,20 @@ def _check_output_size(width: int, height: int, name: str) -> None:
                          f"`width`, or raise the limit with {MAX_PIXELS_ENV}=N")
 
 
-def _degradation(first_frames) -> str | None:
-    """The one place the engine's degradation strength is chosen for a whole video, from its
-    first frames. The engine has no such choice yet (issue #18): None."""
-    return None
+def _strength(up, first_frames) -> tuple[float, str]:
+    """The one place the degradation strength is chosen for a whole video: ``degradation``'s
+    choice (auto: judged on each of the first frames, the median taken), so it never changes
+    from frame to frame."""
+    from clipsr_cli.tasks.video_run import frame_image
+
+    if not up.blendable or not first_frames:
+        s = up.strength_for(frame_image(first_frames[0][1], "frame")) if first_frames else None
+        return (s.value, s.reason) if s is not None else (0.0, "no frames")
+    found = [up.strength_for(frame_image(rgb, f"frame {pts}")) for pts, rgb, _ in first_frames]
+    if len({s.value for s in found}) == 1:
+        return found[0].value, found[0].reason
+    values = sorted(s.value for s in found)
+    return values[len(values) // 2], f"median of the first {len(found)} frames' strengths"
 
 
 def decide_settings(*, index, up, text: str | None, target: tuple[int, int],
@@ -128,16 +139,18 @@ def decide_settings(*, index, up, text: str | None, target: tuple[int, int],
     """The settings of one video, decided once (see :class:`VideoSettings`): ``first_frames``
     are (pts, rgb, rotation) of the video's first frames."""
     rotation = first_frames[0][2] if first_frames else 0
+    denoise, why = _strength(up, first_frames)
     return VideoSettings(model=up.name, scale=up.scale, text=text or None, width=target[0],
                          height=target[1], codec=choice.codec, pix_fmt=choice.pix_fmt,
                          crf=choice.crf, preset=choice.preset, rotation=rotation,
-                         degradation=_degradation(first_frames))
+                         denoise=denoise, degradation=why)
 
 
 def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None = None,
                   scale: int | None = None, model: str | None = None, text: str | None = None,
                   outscale: float | None = None, width: int | None = None,
-                  height: int | None = None, passes: int = 1, device: str = "auto",
+                  height: int | None = None, passes: int = 1, degradation=None,
+                  device: str = "auto",
                   precision: str = "auto", tile: str | int = "auto",
                   tile_overlap: int | None = None, batch_size: int = 1,
                   codec: str | None = None, crf: int | None = None, preset: str | None = None,
@@ -151,7 +164,9 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     ``shard`` (``"K/N"``, ``"auto"``): make only shard K's segments; the run that finds every
     segment finished joins them. ``join``: only join (every segment must be finished).
     ``work_dir``: where segments wait (default ``OUTPUT.parts``; shared storage for shards);
-    removed after the join unless ``keep_parts``. Running the same call again resumes."""
+    removed after the join unless ``keep_parts``. Running the same call again resumes.
+    ``degradation`` (a :class:`~clipsr_cli.infer.degradation.Degradation`): its strength is
+    decided once, from the first frames, for the whole video."""
     t0 = time.perf_counter()
     check_options(scale=scale, device=device, precision=precision, tile=tile,
                   tile_overlap=tile_overlap)
@@ -184,7 +199,7 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     index = probe(src, check_size=header_check)
     check_copyable(src, [s.index for s in index.streams], choice.container)
     up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, passes=passes)
+                       tile_overlap=tile_overlap, passes=passes, degradation=degradation)
     check_text(up, text)
     dest = Path(output).expanduser() if output is not None else default_output(
         src, up.scale, size.suffix if size else None)
@@ -204,6 +219,8 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     first = video_run.first_frames(index, segments, FIRST_FRAMES)
     settings = decide_settings(index=index, up=up, text=text, target=target, choice=choice,
                                first_frames=first)
+    if up.blendable:
+        log.info(f"denoise {settings.denoise:.2f} for every frame ({settings.degradation})")
     result = VideoResult(input=src, output=dest, work_dir=folder.path, frames=index.frames,
                          segments=len(segments), shard=shard_kn, settings=settings)
     resumed = folder.prepare(plan_document(index, segments, settings))

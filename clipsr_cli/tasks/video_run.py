@@ -28,7 +28,8 @@ from clipsr_cli.io.video_read import DecodeStats, VideoIndex, decode_frames
 from clipsr_cli.io.video_write import EncoderChoice, SegmentEncoder, join as join_segments
 from clipsr_cli.tasks.video_plan import Segment, WorkFolder
 
-__all__ = ["DiskFullError", "VideoProgress", "finish", "first_frames", "make_segments"]
+__all__ = ["DiskFullError", "VideoProgress", "finish", "first_frames", "frame_image",
+           "make_segments"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -56,8 +57,7 @@ def _mb(n: float) -> str:
 
 def first_frames(index: VideoIndex, segments: Sequence[Segment], n: int):
     """(pts, rgb, rotation) of the video's first ``n`` frames (what settings are decided from)."""
-    seg = segments[0]
-    return list(decode_frames(index.path, seg.start, seg.end, min(n, seg.frames),
+    return list(decode_frames(index.path, segments[0].start, None, min(n, index.frames),
                               DecodeStats()))
 
 
@@ -66,7 +66,7 @@ def _offset(index: VideoIndex) -> int:
     return max(0, -index.pts[0])
 
 
-def _frame_image(rgb: np.ndarray, name: str) -> LoadedImage:
+def frame_image(rgb: np.ndarray, name: str) -> LoadedImage:
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255)
     return LoadedImage(rgb=t, alpha=None, bit_depth=8, grayscale=False, icc_profile=None,
                        exif=None, format=None, source=name)
@@ -81,8 +81,9 @@ def _upscaled(up, frames, settings, batch: int):
     pending: list = []
 
     def run(items):
-        images = [_frame_image(rgb, f"frame {pts}") for pts, rgb, _ in items]
-        outs = upscale_images(up, images, [settings.text] * len(images))
+        images = [frame_image(rgb, f"frame {pts}") for pts, rgb, _ in items]
+        outs = upscale_images(up, images, [settings.text] * len(images),
+                              strength=settings.denoise)
         for (pts, _, _), (rgb, _) in zip(items, outs):
             if rgb.shape[1] != target[0] or rgb.shape[0] != target[1]:
                 rgb, _ = resize_output(rgb, None, target)
