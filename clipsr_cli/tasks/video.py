@@ -32,7 +32,8 @@ from clipsr_cli.io.video_write import CONTAINERS, EncoderChoice, check_copyable,
 from clipsr_cli.io.video_write import legal_size
 from clipsr_cli.tasks.outsize import OutputSize, beyond_note
 from clipsr_cli.tasks.sources import resolve_shard
-from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_passes, check_text
+from clipsr_cli.tasks.checks import check_passes, check_values
+from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_text
 from clipsr_cli.tasks.upscale import load_upscaler
 from clipsr_cli.tasks import video_run
 from clipsr_cli.tasks.video_plan import WorkFolder, plan_document, plan_segments, shard_segments
@@ -168,13 +169,15 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     ``degradation`` (a :class:`~clipsr_cli.infer.degradation.Degradation`): its strength is
     decided once, from the first frames, for the whole video."""
     t0 = time.perf_counter()
-    check_options(scale=scale, device=device, precision=precision, tile=tile,
-                  tile_overlap=tile_overlap)
+    # values that can never work: refused before torch loads (tasks.checks), then the device
+    check_values(scale=scale, device=device, precision=precision, tile=tile,
+                 tile_overlap=tile_overlap)
     check_passes(passes)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
                          param="batch_size")
-    if not (isinstance(segment_seconds, (int, float)) and segment_seconds > 0):
+    if isinstance(segment_seconds, bool) or not isinstance(segment_seconds, (int, float)) \
+            or not 0 < segment_seconds < float("inf"):
         raise UsageError(f"`segment_seconds` must be > 0, not {segment_seconds!r}",
                          param="segment_seconds")
     size = OutputSize.parse(outscale=outscale, width=width, height=height)
@@ -186,6 +189,8 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     dest0 = Path(output).expanduser() if output is not None else default_output(
         src, known_scale or DEFAULT_SCALE, size.suffix if size else None)
     choice = choose_encoder(output=dest0, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    check_options(scale=scale, device=device, precision=precision, tile=tile,
+                  tile_overlap=tile_overlap)
     if output is not None:  # an existing output fails before any work
         check_destination(dest0, source=src, overwrite=overwrite)
 

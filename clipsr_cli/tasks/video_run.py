@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from clipsr_cli.errors import ClipsrError, InputError, OutputExistsError, log
 from clipsr_cli.io.atomic import atomic_write
-from clipsr_cli.io.images import LoadedImage
 from clipsr_cli.io.video_read import DecodeStats, VideoIndex, decode_frames
 from clipsr_cli.io.video_write import EncoderChoice, SegmentEncoder, join as join_segments
 from clipsr_cli.tasks.video_plan import Segment, WorkFolder
@@ -66,7 +64,13 @@ def _offset(index: VideoIndex) -> int:
     return max(0, -index.pts[0])
 
 
-def frame_image(rgb: np.ndarray, name: str) -> LoadedImage:
+def frame_image(rgb: np.ndarray, name: str):
+    """A decoded frame as the engine takes images (torch imported here: usage errors are
+    answered before it loads)."""
+    import torch
+
+    from clipsr_cli.io.images import LoadedImage
+
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255)
     return LoadedImage(rgb=t, alpha=None, bit_depth=8, grayscale=False, icc_profile=None,
                        exif=None, format=None, source=name)
