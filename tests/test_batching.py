@@ -72,9 +72,9 @@ def test_cli_batch_size_same_outputs_and_batches_formed(tmp_path, tiny_ckpt, mon
     calls = []
     real = batching.upscale_images
 
-    def spy(up, images, texts):
+    def spy(up, images, texts, strengths=None):
         calls.append(len(images))
-        return real(up, images, texts)
+        return real(up, images, texts, strengths)
 
     monkeypatch.setattr(batching, "upscale_images", spy)
     outs = {}
@@ -97,7 +97,7 @@ def test_batch_that_fails_is_retried_one_at_a_time(tmp_path, tiny_ckpt, monkeypa
     for i in range(4):
         _png(src / f"{i}.png", 8, 8, i)
 
-    def oom(up, images, texts):
+    def oom(up, images, texts, strengths=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(batching, "upscale_images", oom)

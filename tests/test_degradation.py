@@ -4,6 +4,7 @@ auto strength, and the interpolation between a clean and a degradation-aware wei
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import logging
 
 import numpy as np
@@ -255,3 +256,61 @@ def test_interpolated_weights_are_never_written(partnered, tmp_path):
     up.upscale_tensor(torch.rand(1, 3, 8, 8), strength=0.4)
     assert {p: p.read_bytes() for p in (a, b)} == before
     assert [p for p in home_files() if p not in listing and "clipsr_home" not in str(p)] == []
+
+
+# -- the commands ----------------------------------------------------------------------------------
+def test_cli_upscale_batch_and_eval_use_and_report_the_strength(partnered, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli.app import app
+
+    runner = CliRunner()
+    src = tmp_path / "in"
+    src.mkdir()
+    arr = _scene(48, 40)
+    (src / "clean.png").write_bytes(_encode(arr))
+    (src / "web.jpg").write_bytes(_encode(arr, "JPEG", quality=40))
+    eng = ["-m", "t-clean", "--device", "cpu", "--precision", "fp32"]
+    r = runner.invoke(app, ["upscale", str(src / "web.jpg"), "-o", str(tmp_path / "a.png"),
+                            "-v", *eng])
+    assert r.exit_code == 0, r.output
+    assert "denoise 1.00 (JPEG quality 40)" in r.stderr
+    r = runner.invoke(app, ["upscale", str(src / "web.jpg"), "-o", str(tmp_path / "b.png"),
+                            "--denoise", "0", *eng])
+    assert r.exit_code == 0 and "denoise" not in r.stderr
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "a.png")),
+                              np.asarray(Image.open(tmp_path / "b.png")))
+    rep = tmp_path / "rep.json"
+    r = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "--report", str(rep),
+                            *eng])
+    assert r.exit_code == 0, r.output
+    files = {Path(f["input"]).name: f for f in json.loads(rep.read_text())["files"]}
+    assert files["web.jpg"]["denoise"] == 1.0 and "JPEG quality 40" in files["web.jpg"]["denoise_reason"]
+    assert files["clean.png"]["denoise"] == 0.0
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "h.png").write_bytes(_encode(_scene(96, 80)))
+    er = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--data", str(hr), "-s", "4", "--degrade", "jpeg:30",
+                            "--report", str(er), *eng])
+    assert r.exit_code == 0, r.output
+    img = json.loads(er.read_text())["conditions"][0]["images"][0]
+    assert img["denoise"] == 1.0 and img["denoise_reason"] == "JPEG quality 30"
+
+
+@pytest.mark.parametrize("args", [["--denoise", "1.5"], ["--denoise", "-1"], ["--degradation", "sharp"]])
+def test_cli_bad_degradation_values_are_usage_errors(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli.app import app
+
+    p = tmp_path / "x.png"
+    p.write_bytes(_encode(_scene(16, 16)))
+    for cmd in (["upscale", str(p)], ["batch", str(p), "-o", str(tmp_path / "o")],
+                ["compare", str(p), "-m", "clipsr-lite-x4"]):
+        r = CliRunner().invoke(app, [*cmd, *args])
+        assert r.exit_code == 2, (cmd, r.output)
+        assert "denoise" in r.stderr or "degradation" in r.stderr
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob("x_*"))

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from clipsr_cli.infer.degradation import Strength
 from clipsr_cli.infer.engine import Upscaler, upscale_alpha
 from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles
 from clipsr_cli.io.images import LoadedImage
@@ -44,19 +45,21 @@ def batch_limit(up, height: int, width: int, batch_size: int) -> int:
     return max(1, min(batch_size, int(st.tile) ** 2 // (hp * wp)))
 
 
-def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None], *,
-                   strength: float | None = None
+def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None],
+                   strengths: Sequence[Strength | float] | None = None, *,
+                   strength: Strength | float | None = None
                    ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
     """Upscale ``images`` (all the same size, untiled: see :func:`batch_limit`) with their
-    captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it. ``strength``:
-    one degradation strength for all (``video`` decides it once); None: decided per image."""
-    if strength is not None:
-        strengths = [float(strength)]
-    else:
-        strengths = [up.strength_for(im).value for im in images] if up.blendable else [0.0]
-    if len(images) == 1 or not isinstance(up, Upscaler) or len(set(strengths)) > 1:
-        return [up.upscale_image(im, t, strength=strength) for im, t in zip(images, texts)]
-    up.set_strength(strengths[0])
+    captions ``texts``; each result as :meth:`Upscaler.upscale_image` gives it. Degradation
+    ``strengths`` per image, or one ``strength`` for all (``video`` decides it once); neither:
+    decided per image. Images of different strengths run one at a time."""
+    if strengths is None:
+        strengths = ([strength] * len(images) if strength is not None
+                     else [up.strength_for(im) for im in images])
+    values = {float(getattr(s, "value", s)) for s in strengths} if up.blendable else {0.0}
+    if len(images) == 1 or not isinstance(up, Upscaler) or len(values) > 1:
+        return [up.upscale_image(im, t, strength=s) for im, t, s in zip(images, texts, strengths)]
+    up.set_strength(values.pop())
     h, w = images[0].rgb.shape[-2:]
     if any(im.rgb.shape[-2:] != (h, w) for im in images):
         raise ValueError("upscale_images needs images of one size")

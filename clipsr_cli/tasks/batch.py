@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError, log
+from clipsr_cli.infer.degradation import Strength
 from clipsr_cli.io.atomic import remove_stale_temporaries
 from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.tasks.batch_plan import Job, check_report, checkpoint_scale, plan, plan_jobs
@@ -111,11 +112,10 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
     bounded queues, while the model works in this thread. With 0 everything runs here, one step
     after the other. Up to ``batch_size`` consecutive images of one size that fit untiled go
     through the network together (:func:`~clipsr_cli.infer.batching.batch_limit`); a batch
-    that fails is retried one image at a time. ``size``: the output size asked for.
-    A file that fails is recorded and the run goes on, unless ``fail_fast``; then (and on
-    Ctrl-C) files not started are recorded as ``not-run``. With ``skip_existing`` an output
-    that another process wrote meanwhile is ``skipped``, never replaced.
-    """
+    that fails is retried one image at a time. ``size``: the output size asked for. A file that
+    fails is recorded and the run goes on, unless ``fail_fast``; then (and on Ctrl-C) files not
+    started are ``not-run``. With ``skip_existing`` an output another process wrote meanwhile is
+    ``skipped``, never replaced. Each image's degradation strength is reported."""
     from clipsr_cli.infer.batching import batch_limit, upscale_images
 
     emit = on_event or (lambda event: None)
@@ -124,6 +124,7 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
     readers = ThreadPoolExecutor(io_threads, "clipsr-read") if io_threads else _Inline()
     writers = ThreadPoolExecutor(io_threads, "clipsr-write") if io_threads else _Inline()
     results: dict[int, FileResult] = {}
+    strengths: dict[int, Strength] = {}
     reads: deque[tuple[int, Future]] = deque()
     writes: deque[tuple[int, Future, int, str | None, float]] = deque()
     pending_bytes = 0
@@ -158,7 +159,8 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
             except errors as e:
                 record(i, FileResult(*entry(i), "failed", _reason(e), caption))
             else:
-                record(i, FileResult(*entry(i), "done", None, caption, round(secs, 3)))
+                record(i, FileResult(*entry(i), "done", None, caption, round(secs, 3),
+                                     strength=strengths.get(i)))
 
     def fill() -> None:
         while len(reads) < depth and not stop:
@@ -188,7 +190,8 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
         i, image, caption, _ = item
         name = jobs[i].source.rel.as_posix()
         emit(BatchEvent("file", name=name))
-        return up.upscale_image(image, caption, progress=lambda d, t, n=name: emit(
+        strengths[i] = s = up.strength_for(image)
+        return up.upscale_image(image, caption, strength=s, progress=lambda d, t, n=name: emit(
             BatchEvent("tiles", name=n, done=d, total=t)))
 
     def run(group) -> list:
@@ -197,8 +200,9 @@ def execute(jobs: Sequence[Job], up, *, captions: CaptionFn | None = None, quali
         if len(group) > 1:
             for item in group:
                 emit(BatchEvent("file", name=jobs[item[0]].source.rel.as_posix()))
+                strengths[item[0]] = up.strength_for(item[1])
             try:
-                outs = upscale_images(up, [g[1] for g in group], [g[2] for g in group])
+                outs = upscale_images(up, *zip(*[(g[1], g[2], strengths[g[0]]) for g in group]))
                 secs = (time.perf_counter() - t0) / len(group)
                 return [(g, rgb, alpha, secs) for g, (rgb, alpha) in zip(group, outs)]
             except errors:  # e.g. out of memory as a batch: one at a time

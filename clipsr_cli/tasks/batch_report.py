@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from clipsr_cli.infer.degradation import Strength
+
 __all__ = ["EXISTS", "REPORT_VERSION", "BatchEvent", "BatchResult", "EventFn", "FileResult",
            "Status", "write_report"]
 
@@ -31,11 +33,14 @@ class FileResult:
     caption: str | None = None
     seconds: float | None = None  # in the model
     exists: bool = False  # failed only because its output exists (the summary groups these)
+    strength: Strength | None = None  # the degradation strength used (models that blend)
 
     def to_json(self, words: Callable[[str], str] = lambda s: s) -> dict:
+        s = self.strength if self.strength is not None and self.strength.reason else None
         d = {"input": self.input, "output": self.output, "status": self.status,
              "reason": words(self.reason) if self.reason else None, "caption": self.caption,
-             "seconds": self.seconds}
+             "seconds": self.seconds, "denoise": s.value if s else None,
+             "denoise_reason": s.reason if s else None}
         return {k: v for k, v in d.items() if v is not None}
 
 
