@@ -313,7 +313,7 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
     :func:`~clipsr_cli.tasks.sources.shard_from_env` and
     :func:`~clipsr_cli.tasks.sources.local_device`.
     """
-    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, load_upscaler
+    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_text, load_upscaler
 
     emit = on_event or (lambda event: None)
     size = check_batch(skip_existing=skip_existing, overwrite=overwrite, io_threads=io_threads,
@@ -384,8 +384,8 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
     result.model = getattr(up, "name", None) or model
     if up.scale != planned_scale:  # pragma: no cover - the header and the loaded model agree
         raise InputError(f"model scale ×{up.scale} differs from the planned ×{planned_scale}")
-    if caption_fn is not None and not up.info.text_conditioned:
-        log.warning(f"model {up.name} is not text-conditioned; the captions are ignored")
+    if caption_fn is not None:
+        check_text(up, "captions", "the captions are ignored")
     if (note := beyond_note(size, up.scale)) is not None:
         log.info(note)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.io.images import read_image, write_image
 from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.quantise import quantise
+from clipsr_cli.tasks.upscale import check_text
 
 __all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose"]
 
@@ -122,7 +123,7 @@ def _run(name: str, image, text: str | None, *, settings: dict) -> tuple[ModelRu
     loaded = time.perf_counter() - t0
     use_text = bool(text) and up.info.text_conditioned
     if text and not use_text:
-        log.warning("model %s is not text-conditioned; `text` is ignored for it", name)
+        check_text(up, text, "`text` is ignored for it")
     strength = up.strength_for(image)  # from the file (a JPEG's tables), once per model
     if up.blendable:
         log.debug(f"{name}: {strength.describe()}")

@@ -136,23 +136,11 @@ def lr_consistency(sr: torch.Tensor, lr: torch.Tensor, scale: int) -> float:
 
 
 # -- the model ------------------------------------------------------------------------------------
-def _text_guided_entries(scale: int | None) -> list:
-    from clipsr_cli.hub.registry import load_registry
-
-    return [e for e in load_registry() if e.kind == "generator" and e.text_guided
-            and (scale is None or e.scale == scale)]
-
-
 def _refusal(name: str, scale: int | None) -> ModelError:
-    entries = _text_guided_entries(scale) or _text_guided_entries(None)
-    if entries:
-        hint = ("use a text-guided model: " + ", ".join(f"`model={e.name}` (×{e.scale})"
-                                                        for e in entries))
-    else:
-        hint = ("no text-guided model is registered (see 'clipsr models'); train one with "
-                "'clipsr train --clip ViT-B-32 --data DIR --out RUN' and pass "
-                "`model=RUN/model.safetensors`")
-    return ModelError(f"model {name} is not text-conditioned, so it cannot edit by text; {hint}")
+    from clipsr_cli.tasks.upscale import text_model_hint
+
+    return ModelError(f"model {name} is not text-conditioned, so it cannot edit by text; "
+                      f"{text_model_hint(scale)}")
 
 
 def require_text_model(model: str | None, scale: int | None) -> str:
@@ -162,7 +150,9 @@ def require_text_model(model: str | None, scale: int | None) -> str:
     from clipsr_cli.hub.registry import load_registry
 
     if model is None:
-        entries = _text_guided_entries(scale)
+        from clipsr_cli.tasks.upscale import text_guided_models
+
+        entries = text_guided_models(scale)
         if entries:
             return entries[0].name
         from clipsr_cli.hub.registry import default_model

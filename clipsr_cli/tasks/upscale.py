@@ -18,7 +18,8 @@ from clipsr_cli.io.outputs import resolve_destination, same_file
 from clipsr_cli.tasks.checks import check_passes, check_upscale, check_values
 
 __all__ = ["DEFAULT_SCALE", "check_options", "check_passes", "check_values", "check_text",
-           "load_upscaler", "resolve_output", "upscale_file"]
+           "load_upscaler", "resolve_output", "text_guided_models", "text_model_hint",
+           "upscale_file"]
 
 DEFAULT_SCALE = 4
 Progress = Callable[[int, int], None]
@@ -54,9 +55,32 @@ def load_upscaler(*, model: str | None, scale: int | None, device: str, precisio
     return up
 
 
-def check_text(upscaler, text: str | None) -> None:
+def text_guided_models(scale: int | None) -> list:
+    """The registered text-guided generators (for ``scale``; None: any scale)."""
+    from clipsr_cli.hub.registry import load_registry
+
+    return [e for e in load_registry() if e.kind == "generator" and e.text_guided
+            and (scale is None or e.scale == scale)]
+
+
+def text_model_hint(scale: int | None) -> str:
+    """How to get a text-guided model: the registered ones (for ``scale`` first), else how to
+    train one on captioned images."""
+    entries = text_guided_models(scale) or text_guided_models(None)
+    if entries:
+        return "use a text-guided model: " + ", ".join(f"`model={e.name}` (×{e.scale})"
+                                                       for e in entries)
+    return ("no text-guided model ships with clipsr; train one on captioned images with "
+            "'clipsr train --data DIR --out RUN' (CLIP ViT-B-32 by default; see docs/training.md) "
+            "and pass `model=RUN/model.safetensors`")
+
+
+def check_text(upscaler, text: str | None, what: str = "`text` is ignored") -> None:
+    """Warn (once) when a text is given to an image-only model, saying how to get one that
+    reads it."""
     if text and not upscaler.info.text_conditioned:
-        log.warning(f"model {upscaler.name} is not text-conditioned; `text` is ignored")
+        log.warning(f"model {upscaler.name} is not text-conditioned; {what}; "
+                    f"{text_model_hint(upscaler.scale)}")
 
 
 def resolve_output(input: str, output: str | None, scale: int, *, format: str | None,

@@ -1,0 +1,59 @@
+"""A newcomer's first hour (issue #22): what the headline command says about the text, `-o -`,
+`compare` judging scales first and its labels, training on small images, completion of values,
+`-v`, and the smaller rough edges. (Ctrl-C: tests/test_signals.py; usage errors before torch:
+tests/test_usage_before_torch.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipsr_cli.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _photo(path: Path, size=(12, 10), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# -- item 2: --text with an image-only model says how to get a text-guided one ----------------------
+def test_text_on_an_image_only_model_says_how_to_get_a_text_guided_one(tmp_path, tiny_ckpt):
+    src = _photo(tmp_path / "bird.png")
+    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "--device", "cpu",
+                            "--text", "a toucan"])
+    assert r.exit_code == 0, r.output
+    warning = " ".join(line for line in r.stderr.splitlines() if "warning" in line)
+    assert "not text-conditioned; --text is ignored" in warning
+    assert "clipsr train --data DIR --out RUN" in warning and "docs/training.md" in warning
+    assert "--model RUN/model.safetensors" in warning
+
+
+def test_batch_captions_on_an_image_only_model_say_it_too(tmp_path, tiny_ckpt):
+    src = tmp_path / "in"
+    src.mkdir()
+    _photo(src / "a.png")
+    r = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "-m",
+                            str(tiny_ckpt(4)), "--device", "cpu", "--text", "a toucan"])
+    assert r.exit_code == 0, r.output
+    assert "the captions are ignored" in r.stderr and "clipsr train" in r.stderr
+
+
+def test_readme_first_screen_says_text_needs_a_text_guided_model():
+    """The first screen (the lines before Quickstart): --text needs a text-guided model, none
+    ships, and the command that makes one."""
+    readme = (ROOT / "README.md").read_text()
+    first = readme[:readme.index("## Quickstart")]
+    flat = re.sub(r"\s+", " ", first)
+    assert "`--text` needs a text-guided model" in flat
+    assert "clipsr train --data DIR" in flat and "docs/training.md" in flat
+    # the text example uses a model path that training writes, not an invented name
+    example = next(line for line in first.splitlines() if "--text" in line and "upscale" in line)
+    assert "model.safetensors" in example
