@@ -5,6 +5,7 @@ tests/test_usage_before_torch.py.)"""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -57,3 +58,23 @@ def test_readme_first_screen_says_text_needs_a_text_guided_model():
     # the text example uses a model path that training writes, not an invented name
     example = next(line for line in first.splitlines() if "--text" in line and "upscale" in line)
     assert "model.safetensors" in example
+
+
+# -- item 3: `-o -` writes the input's format, as --help says ---------------------------------------
+def test_stdout_output_takes_the_input_format(tmp_path, tiny_ckpt):
+    ckpt = str(tiny_ckpt(4))
+    for name, pil_format, expected in (("a.jpg", "JPEG", "JPEG"), ("a.webp", "WEBP", "WEBP"),
+                                       ("a.gif", "GIF", "PNG"), ("a.png", "PNG", "PNG")):
+        src = tmp_path / name
+        Image.fromarray(np.full((10, 12, 3), 120, np.uint8)).save(src, pil_format)
+        by_name = runner.invoke(app, ["upscale", str(src), "-o", "-", "-m", ckpt, "-q"])
+        piped = runner.invoke(app, ["upscale", "-", "-o", "-", "-m", ckpt, "-q"],
+                              input=src.read_bytes())
+        for r in (by_name, piped):
+            assert r.exit_code == 0, r.output
+            with Image.open(io.BytesIO(r.stdout_bytes)) as out:
+                assert (out.format, out.size) == (expected, (48, 40)), name
+    # --format still wins
+    r = runner.invoke(app, ["upscale", str(tmp_path / "a.jpg"), "-o", "-", "-f", "png", "-m",
+                            ckpt, "-q"])
+    assert r.exit_code == 0 and Image.open(io.BytesIO(r.stdout_bytes)).format == "PNG"

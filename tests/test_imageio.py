@@ -351,7 +351,7 @@ def test_stdin_and_stdout(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     assert write_image("-", li.rgb, format="png") is None
     assert np.array_equal(as_u8(read_image(out.buffer.getvalue()).rgb), as_u8(li.rgb))
-    with pytest.raises(UsageError, match="`format='png'`"):
+    with pytest.raises(UsageError, match="`format='png'`"):  # no format, no input to follow
         write_image("-", li.rgb)
     assert os.listdir(tmp_path) == []
 

@@ -55,7 +55,8 @@ def to_pil(rgb: PixelSource, alpha: PixelSource | None = None, *, bit_depth: int
 def write_image(dest: str | os.PathLike[str], rgb: PixelSource, alpha: PixelSource | None = None,
                 *, like: LoadedImage | None = None, format: str | None = None, quality: int = 95,
                 overwrite: bool = False, bit_depth: int | None = None) -> Path | None:
-    """Write an image atomically to ``dest`` (``"-"``: standard output, ``format`` required).
+    """Write an image atomically to ``dest`` (``"-"``: standard output, in ``format`` or else
+    the format of ``like``).
 
     ``rgb``: (1, 3, H, W) or (3, H, W) float tensor in [0, 1] (clamped, rounded to 8/16 bits)
     or an (H, W, 3) uint8/uint16 array; ``alpha``: (1, 1, H, W) tensor or (H, W) array, or None.
@@ -73,7 +74,7 @@ def write_image(dest: str | os.PathLike[str], rgb: PixelSource, alpha: PixelSour
     written, or None for standard output.
     """
     to_stdout = os.fspath(dest) == "-"
-    fmt = format_for(dest, format)
+    fmt = format_for(dest, format, like.format if like is not None else None)
     if not 1 <= int(quality) <= 100:
         raise UsageError(f"`quality` must be between 1 and 100, got {quality}; try "
                          "`quality=95`", param="quality")

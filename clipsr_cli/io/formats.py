@@ -58,16 +58,23 @@ def extension_for(format: str) -> str:
     return _FORMAT_EXT[normalise_format(format)]
 
 
-def format_for(dest: str | os.PathLike[str], format: str | None = None) -> str:
-    """The format to write ``dest`` in (``"-"``: standard output, ``format`` required).
+def format_for(dest: str | os.PathLike[str], format: str | None = None,
+               source_format: str | None = None) -> str:
+    """The format to write ``dest`` in.
 
     ``format`` wins but must agree with a known extension; without it the extension decides.
+    Standard output (``"-"``) has no extension: ``format``, else ``source_format`` (the input's
+    format as decoded, Pillow's name; a format clipsr does not write, GIF, gives PNG); with
+    neither, a UsageError.
     """
     if os.fspath(dest) == "-":
-        if format is None:
-            raise UsageError("writing to standard output (-) needs a format; pass `format='png'` "
-                             "(or jpeg, webp, tiff, bmp)", param="format")
-        return normalise_format(format)
+        if format is not None:
+            return normalise_format(format)
+        if source_format is not None:
+            fmt = "JPEG" if source_format == "MPO" else str(source_format).upper()
+            return fmt if fmt in WRITE_FORMATS else "PNG"
+        raise UsageError("writing to standard output (-) needs a format; pass `format='png'` "
+                         "(or jpeg, webp, tiff, bmp)", param="format")
     by_ext = _EXT_FORMAT.get(Path(dest).suffix.lower())
     if format is None:
         if by_ext is None:

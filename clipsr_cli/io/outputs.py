@@ -45,7 +45,7 @@ def output_path_for(input_path: str | os.PathLike[str], scale: int, *, format: s
                          "to each file name (choose the folder with `output`)", param="suffix")
     if os.fspath(input_path) == "-":
         raise InputError("reading from standard input (-) needs an explicit output: pass "
-                         "`output=FILE`, or `output=-` with `format`")
+                         "`output=FILE` or `output=-`")
     p = Path(input_path)
     if format is not None:
         ext = extension_for(format)
@@ -153,10 +153,7 @@ def resolve_destination(input: str | os.PathLike[str], output: str | os.PathLike
     """
     input = os.fspath(input)
     if output is not None and os.fspath(output) == "-":
-        if format is None:
-            raise UsageError("writing to standard output (`output=-`) needs `format` (png, "
-                             "jpeg, webp, tiff or bmp)", param="format")
-        return None
+        return None  # in `format`, else the input's (io.formats.format_for)
     if output is None:
         dest = output_path_for(input, scale, format=format, suffix=suffix)
     else:

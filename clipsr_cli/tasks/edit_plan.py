@@ -59,7 +59,6 @@ def plan_outputs(input: str, output: str | None, n: int, *, format: str | None =
         if n > 1 or grid or gif:
             raise UsageError("`output=-` (standard output) takes one result; drop `sweep`, "
                              "`grid` and `gif` or write to files", param="output")
-        format_for("-", format)
         return EditPlan((None,), report=_report_path(report, overwrite, input=input))
     if output is None and input == "-":
         raise InputError("reading from standard input (-) needs `output=FILE` or `output=DIR/`")

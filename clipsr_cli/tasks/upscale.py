@@ -13,7 +13,6 @@ from typing import Callable
 
 from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.infer.degradation import Degradation
-from clipsr_cli.io.formats import format_for
 from clipsr_cli.io.outputs import resolve_destination, same_file
 from clipsr_cli.tasks.checks import check_passes, check_upscale, check_values
 
@@ -114,8 +113,6 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
     from clipsr_cli.io import images as imageio
     from clipsr_cli.tasks.outsize import beyond_note, resize_output
 
-    if output == "-":
-        format_for("-", format)  # stdout needs a format: say so before any work
     check_options(scale=scale, device=device, precision=precision)  # the device exists here
     if suffix is None and size is not None:
         suffix = size.suffix
