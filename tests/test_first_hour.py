@@ -78,3 +78,41 @@ def test_stdout_output_takes_the_input_format(tmp_path, tiny_ckpt):
     r = runner.invoke(app, ["upscale", str(tmp_path / "a.jpg"), "-o", "-", "-f", "png", "-m",
                             ckpt, "-q"])
     assert r.exit_code == 0 and Image.open(io.BytesIO(r.stdout_bytes)).format == "PNG"
+
+
+# -- item 5: compare judges scales before running anything; labels that tell paths apart ------------
+def test_compare_refuses_mixed_scales_before_running_a_model(tmp_path, monkeypatch, tiny_ckpt):
+    import clipsr_cli.tasks.compare as C
+
+    def never(*a, **k):
+        raise AssertionError("a model ran although the scales were known to differ")
+
+    monkeypatch.setattr(C.Upscaler, "load", never)
+    src = _photo(tmp_path / "a.png")
+    for models in (["clipsr-lite-x4", "clipsr-lite-x8"], [str(tiny_ckpt(4)), str(tiny_ckpt(8))]):
+        args = ["compare", str(src), "-o", str(tmp_path / "g.png")]
+        for m in models:
+            args += ["-m", m]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert "must all upscale by one factor" in r.stderr and "×4" in r.stderr and "×8" in r.stderr
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_compare_labels_are_the_shortest_distinguishing_paths(tmp_path, tiny_ckpt):
+    from clipsr_cli.tasks.compare import compare, short_names
+
+    assert short_names(["runs/a/model.safetensors", "runs/b/model.safetensors",
+                        "clipsr-lite-x4", "x/c.pth"]) == [
+        "a/model.safetensors", "b/model.safetensors", "clipsr-lite-x4", "c.pth"]
+    assert short_names(["p/a/m.st", "q/a/m.st", "r/b/m.st"]) == ["p/a/m.st", "q/a/m.st", "b/m.st"]
+    assert short_names(["same/m.st", "same/m.st"]) == ["m.st", "m.st"]  # the same file twice
+    ckpts = []
+    for run in ("one", "two"):
+        (tmp_path / run).mkdir()
+        ckpts.append(tmp_path / run / "model.safetensors")
+        ckpts[-1].write_bytes(tiny_ckpt(4).read_bytes())
+    res = compare(input=str(_photo(tmp_path / "a.png")), models=[str(c) for c in ckpts],
+                  device="cpu")
+    assert [r.label.split("\n")[0] for r in res.runs] == ["one/model.safetensors",
+                                                         "two/model.safetensors"]

@@ -12,6 +12,7 @@ written when ``output`` is given).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.quantise import quantise
 from clipsr_cli.tasks.upscale import check_text
 
-__all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose"]
+__all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose", "planned_scale",
+           "short_names"]
 
 #: Widest panel of the grid, in pixels (larger outputs are shown downscaled; the crop is not).
 PANEL = 512
@@ -54,10 +56,12 @@ class ModelRun:
     ssim: float | None
     image: np.ndarray
     """(s·H, s·W, 3) uint8."""
+    title: str = ""
+    """The grid's name for it (:func:`short_names`); default: the file name of ``name``."""
 
     @property
     def label(self) -> str:
-        name = Path(self.name).name if os.sep in self.name or "/" in self.name else self.name
+        name = self.title or short_names([self.name])[0]
         parts = [name + (" +text" if self.text_used else "")]
         if self.seconds is not None:
             parts.append(f"{self.seconds:.2f} s")
@@ -82,6 +86,48 @@ class Comparison:
     grid: np.ndarray
     """(H', W', 3) uint8."""
     output: Path | None
+
+
+def short_names(models: Sequence[str]) -> list[str]:
+    """Grid labels: a registered name as it is; a path by its shortest tail of path components
+    that no other label shares (``a/model.safetensors`` and ``b/model.safetensors``, not
+    ``model.safetensors`` twice)."""
+    parts = [Path(m).parts if ("/" in m or os.sep in m) else (m,) for m in models]
+    keep = [1] * len(models)
+
+    def tail(i: int) -> str:
+        return "/".join(parts[i][-keep[i]:])
+
+    while True:
+        seen: dict[str, list[int]] = {}
+        for i in range(len(models)):
+            seen.setdefault(tail(i), []).append(i)
+        grow = [i for group in seen.values() if len({models[j] for j in group}) > 1
+                for i in group if keep[i] < len(parts[i])]
+        if not grow:
+            return [tail(i) for i in range(len(models))]
+        for i in grow:
+            keep[i] += 1
+
+
+def planned_scale(model: str) -> int | None:
+    """A model's scale known without loading it: the registry's, or a clipsr checkpoint's
+    header; None when only loading tells (a third-party file)."""
+    from clipsr_cli.hub.registry import load_registry
+    from clipsr_cli.tasks.batch_plan import checkpoint_scale
+
+    entry = load_registry().find(model)
+    if entry is not None and entry.scale is not None:
+        return entry.scale
+    return checkpoint_scale(model)
+
+
+def _check_scales(models: Sequence[str]) -> None:
+    """Two models whose scales differ are refused before any runs (UsageError)."""
+    known = [(m, s) for m in models if (s := planned_scale(m)) is not None]
+    if len({s for _, s in known}) > 1:
+        listed = ", ".join(f"{m} is ×{s}" for m, s in known)
+        raise UsageError(f"`models` must all upscale by one factor: {listed}", param="models")
 
 
 def parse_crop(crop: str | Sequence[int] | None, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -117,7 +163,8 @@ def auto_crop(images: Sequence[np.ndarray], scale: int, size: tuple[int, int]) -
     return idx % cols, idx // cols, side, side
 
 
-def _run(name: str, image, text: str | None, *, settings: dict) -> tuple[ModelRun, torch.Tensor]:
+def _run(name: str, image, text: str | None, *, settings: dict,
+         title: str = "") -> tuple[ModelRun, torch.Tensor]:
     t0 = time.perf_counter()
     up = Upscaler.load(name, **settings)
     loaded = time.perf_counter() - t0
@@ -133,7 +180,7 @@ def _run(name: str, image, text: str | None, *, settings: dict) -> tuple[ModelRu
         torch.cuda.synchronize(up.device)
     seconds = time.perf_counter() - t1
     run = ModelRun(name=name, scale=up.scale, seconds=seconds, load_seconds=loaded,
-                   text_used=use_text, psnr=None, ssim=None, image=_to_uint8(sr))
+                   text_used=use_text, psnr=None, ssim=None, image=_to_uint8(sr), title=title)
     del up
     return run, sr
 
@@ -146,9 +193,8 @@ def _scored(run: ModelRun, sr: torch.Tensor, hr: torch.Tensor | None) -> ModelRu
     if hr is None:
         return run
     s = run.scale
-    return ModelRun(name=run.name, scale=s, seconds=run.seconds, load_seconds=run.load_seconds,
-                    text_used=run.text_used, psnr=float(psnr(sr, hr, border=s)),
-                    ssim=float(ssim(sr, hr, border=s)), image=run.image)
+    return dataclasses.replace(run, psnr=float(psnr(sr, hr, border=s)),
+                               ssim=float(ssim(sr, hr, border=s)))
 
 
 def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None = None,
@@ -168,6 +214,8 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     models = [str(m) for m in models]
     if not models:
         raise UsageError("`models` needs at least one model to compare", param="models")
+    _check_scales(models)  # before any model runs
+    titles = short_names(models)
     dest = None
     if output is not None:
         # `overwrite` replaces an old grid, never the input or the reference
@@ -183,8 +231,8 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     if degradation is not None:
         settings["degradation"] = degradation
     runs: list[ModelRun] = []
-    for name in models:
-        run, sr = _run(name, image, text, settings=settings)
+    for name, title in zip(models, titles):
+        run, sr = _run(name, image, text, settings=settings, title=title)
         if runs and run.scale != runs[0].scale:
             raise UsageError(f"`models` must all upscale by one factor: {runs[0].name} is "
                              f"×{runs[0].scale}, {name} is ×{run.scale}", param="models")
