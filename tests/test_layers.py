@@ -173,3 +173,47 @@ def test_the_library_never_prints(mod):
 def test_no_module_is_over_400_lines():
     long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+#: The weights-file name endings; only their table's home names them in code.
+_WEIGHT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+_SUFFIX_TABLE = "clipsr_cli.hub.weightfiles"
+#: The only modules that may ask the table: what a model string names, and which files a
+#: registry entry of each kind may name.
+_SUFFIX_USERS = {"clipsr_cli.hub.resolve", "clipsr_cli.hub.registry"}
+
+
+def _suffix_tests(tree: ast.AST) -> list[str]:
+    """Where code names a weights suffix (a string constant that is exactly one, as in
+    ``p.suffix == ".pth"`` or ``endswith((".pt", ...))``) or asks the suffix table."""
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value.lower() in _WEIGHT_SUFFIXES):
+            found.append(f"{node.value!r} at line {node.lineno}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if any(n.startswith(_SUFFIX_TABLE) or n == "weightfiles" for n in names):
+                found.append(f"imports the suffix table at line {node.lineno}")
+    return found
+
+
+def test_the_suffix_checker_can_fail():
+    assert _suffix_tests(ast.parse('ok = p.suffix.lower() in (".PTH", ".ckpt")')) == [
+        "'.PTH' at line 1", "'.ckpt' at line 1"]
+    assert _suffix_tests(ast.parse('"""Loads .pth files."""\nname = "model.safetensors"')) == []
+    assert _suffix_tests(ast.parse("from clipsr_cli.hub.weightfiles import weights_format"))
+
+
+def test_only_the_resolver_tests_weight_file_suffixes():
+    """What a model string names is decided once (hub/resolve.py, with the one suffix table in
+    hub/weightfiles.py; the registry asks the table which files each kind may name): no other
+    module tells weights files apart by their name."""
+    bad = {}
+    for mod, path in _modules().items():
+        if mod == _SUFFIX_TABLE or mod in _SUFFIX_USERS:
+            continue
+        found = _suffix_tests(ast.parse(path.read_text()))
+        if found:
+            bad[mod] = found
+    assert bad == {}

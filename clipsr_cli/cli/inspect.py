@@ -28,29 +28,29 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{key + ':':<{width}} {value}")
 
 
-def describe(model: str) -> list[tuple[str, str]]:
-    """(field, value) lines describing ``model``."""
-    from pathlib import Path
+def describe(model) -> list[tuple[str, str]]:
+    """(field, value) lines describing ``model`` (a model string or a reference)."""
+    from clipsr_cli.errors import ModelError
+    from clipsr_cli.hub.resolve import ClipRef, ForeignFile, PipelineRef, Registered, resolve
+    from clipsr_cli.model.foreign import load_foreign
 
-    from clipsr_cli.hub.resolve import resolve_model
-    from clipsr_cli.model.foreign import is_foreign_file, load_foreign
-
-    p = Path(model).expanduser()
-    if not p.is_file():
-        from clipsr_cli.hub.registry import load_registry
-
-        entry = load_registry().find(model)
-        if entry is not None and entry.kind == "pipeline":  # e.g. the built-in x8 and x16
-            rows = [("name", entry.name), ("format", "pipeline (registry entry, no file of its own)"),
-                    ("scale", f"×{entry.scale}"), ("stages", " → ".join(entry.stages))]
-            for stage in dict.fromkeys(entry.stages):
-                if load_registry().find(stage) is not None:
-                    rows += [(f"{stage} {k}", v) for k, v in describe(stage)]
-            return rows
-    path = p if p.is_file() else resolve_model(model)
+    ref = resolve(model)
+    if isinstance(ref, PipelineRef):  # e.g. the built-in x8 and x16
+        entry = ref.entry
+        rows = [("name", entry.name), ("format", "pipeline (registry entry, no file of its own)"),
+                ("scale", f"×{entry.scale}"), ("stages", " → ".join(entry.stages))]
+        for stage in {s.name: s for s in ref.stages if isinstance(s, Registered)}.values():
+            rows += [(f"{stage.name} {k}", v) for k, v in describe(stage)]
+        return rows
+    if isinstance(ref, ClipRef):
+        raise ModelError(f"{ref.name!r} is a CLIP backbone, not an upscaling model; choose a "
+                         "generator from 'clipsr models'")
+    if isinstance(ref, Registered):
+        ref = ref.file()
+    path = ref.path
     rows = [("file", str(path))]
-    if is_foreign_file(path):
-        m = load_foreign(path)
+    if isinstance(ref, ForeignFile):
+        m = load_foreign(path, format=ref.format)
         spec, info = m.spec, m.info
         channels = "RGB → RGB" if spec.input_channels == 3 else "grayscale → grayscale (per channel)"
         req = [f"multiple of {spec.size_multiple}"] if spec.size_multiple > 1 else []

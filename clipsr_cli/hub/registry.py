@@ -29,6 +29,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (pyproject: tomli 
 
 from clipsr_cli.model.config import SCALES
 from clipsr_cli.errors import ModelError, log
+from clipsr_cli.hub.weightfiles import suffixes_of
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
 
@@ -162,7 +163,7 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
         raise bad("a source = \"package\" entry ships inside clipsr and takes no 'urls'")
     scale, text_guided = raw.get("scale"), raw.get("text_guided")
     if kind == "generator":
-        if not file.endswith(".safetensors"):
+        if not file.endswith(suffixes_of(kind)):
             raise bad("a generator file must be .safetensors (clipsr never unpickles weights)")
         if scale not in SCALES or isinstance(scale, bool):
             raise bad(f"'scale' must be one of {list(SCALES)}")
@@ -182,8 +183,8 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
     elif "degradation_model" in raw:
         raise bad("'degradation_model' is only for generator entries")
     elif kind == "spandrel":
-        if not file.endswith((".safetensors", ".pth", ".pt", ".ckpt")):
-            raise bad("a spandrel file must be .safetensors, .pth, .pt or .ckpt")
+        if not file.endswith(suffixes_of(kind)):
+            raise bad(f"a spandrel file must be {' or '.join(suffixes_of(kind))}")
         if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 16:
             raise bad("'scale' must be an integer from 2 to 16")
         if text_guided:
@@ -199,8 +200,9 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
         for key in ("arch", "weights"):
             if not raw.get(key):
                 raise bad(f"a CLIP entry needs {key!r}")
-        if not file.endswith((".pt", ".safetensors")):
-            raise bad("a CLIP file must be .pt (OpenAI TorchScript) or .safetensors")
+        if not file.endswith(suffixes_of(kind)):
+            raise bad(f"a CLIP file must be {' or '.join(suffixes_of(kind))} (.pt: OpenAI "
+                      "TorchScript)")
     return ModelEntry(name=name, kind=kind, description=raw["description"],
                       license=raw["license"], file=file, sha256=sha, size=size, urls=tuple(urls),
                       source=source, scale=scale, text_guided=text_guided, clip=raw.get("clip"),

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from clipsr_cli.errors import InputError, ModelError, UsageError, log
-from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, resize_factor
-from clipsr_cli.hub.resolve import clip_weights_path, resolve_model
+from clipsr_cli.errors import InputError, ModelError, UsageError
+from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef, Registered,
+                                    clip_weights_file, resolve)
 from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
 from clipsr_cli.infer.degradation import Degradation, WeightBlend, partner_weights
@@ -46,7 +45,7 @@ from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, pl
 from clipsr_cli.model.checkpoint import load_checkpoint
 from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
 from clipsr_cli.model.config import ModelInfo
-from clipsr_cli.model.foreign import is_foreign_file, load_foreign
+from clipsr_cli.model.foreign import load_foreign
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -59,8 +58,7 @@ def load_clip_backbone(spec: str | ClipSpec, device: str | torch.device = "cpu")
     ``ViT-B-32:openai``) come verified from the registry's cache, downloaded first unless offline;
     anything else (``random``, a file, an open_clip tag) is loaded as it stands."""
     spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
-    path = clip_weights_path(spec.arch, spec.weights) if spec.weights_is_name else None
-    return load_clip(spec, device, weights_path=path)
+    return load_clip(spec, device, weights_path=clip_weights_file(spec.arch, spec.weights))
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class Upscaler(Engine):
             self._blend.apply(strength)
 
     @classmethod
-    def load(cls, model: str | os.PathLike | None = None, *, scale: int | None = None,
+    def load(cls, model: str | os.PathLike | ModelRef | None = None, *, scale: int | None = None,
              device: str | torch.device = "auto", precision: Precision = "auto",
              tile: int | str = "auto", tile_overlap: int | None = None,
              degradation: Degradation = Degradation()) -> "Upscaler":
@@ -126,25 +124,17 @@ class Upscaler(Engine):
         """
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
-        if model is None:
-            if scale is None:
-                raise ModelError("no model given; pass a model name/path or a scale")
-            model = default_model(scale)
-        entry = _registered_pipeline(str(model))
-        if entry is not None:  # e.g. the built-in ×16: the ×4 network twice
-            return _load_pipeline(cls, entry, scale=scale, device=dev, precision=precision,
+        ref = resolve(model, scale=scale)
+        if isinstance(ref, PipelineRef):  # e.g. the built-in ×16: the ×4 network twice
+            return _load_pipeline(cls, ref, scale=scale, device=dev, precision=precision,
                                   tile=tile, tile_overlap=tile_overlap, degradation=degradation)
-        path = _resolve_model_path(str(model))
-        if is_foreign_file(path):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
-            net = load_foreign(path, device=dev)
-        else:
-            net = load_checkpoint(path, clip=load_clip_backbone, device=dev)
+        net = _load_network(ref, dev)
         if scale is not None and net.info.scale != scale:
-            raise ModelError(f"model {model} upscales ×{net.info.scale}, not ×{scale}; drop `scale` or "
-                             f"pick a ×{scale} model (see 'clipsr models')")
-        degraded = partner_weights(str(model), net, degradation)
+            raise ModelError(f"model {ref.name} upscales ×{net.info.scale}, not ×{scale}; drop "
+                             f"`scale` or pick a ×{scale} model (see 'clipsr models')")
+        degraded = partner_weights(ref.name, net, degradation)
         return cls(net, device=dev, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                   name=str(model), degradation=degradation, degraded_state=degraded)
+                   name=ref.name, degradation=degradation, degraded_state=degraded)
 
     # -- description -----------------------------------------------------------------------------
     @property
@@ -327,30 +317,31 @@ class Upscaler(Engine):
 #: CPU: estimated activations of one tail tile (about 18k LR px for the built-in ×4 in bf16)
 _CPU_TAIL_BYTES = 64 << 20
 
-def _registered_pipeline(model: str) -> ModelEntry | None:
-    if os.sep in model or "/" in model or model.lower().endswith(_CHECKPOINT_SUFFIXES):
-        return None
-    entry = load_registry().find(model)
-    return entry if entry is not None and entry.kind == "pipeline" else None
+def _load_network(ref: ModelRef, device: torch.device) -> torch.nn.Module:
+    """The network ``ref`` names, with its weights, on ``device``."""
+    if isinstance(ref, ClipRef):
+        raise ModelError(f"{ref.name!r} is a CLIP backbone, not an upscaling model; choose a "
+                         "generator from 'clipsr models'")
+    if isinstance(ref, Registered):
+        ref = ref.file()
+    if isinstance(ref, ForeignFile):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
+        return load_foreign(ref.path, format=ref.format, device=device)
+    return load_checkpoint(ref.path, clip=load_clip_backbone, device=device)
 
 
-def _load_pipeline(cls, entry: ModelEntry, *, scale: int | None, **engine) -> Pipeline:
+def _load_pipeline(cls, ref: PipelineRef, *, scale: int | None, **engine) -> Pipeline:
     """A registered pipeline: each model stage loaded once (stages naming the same model share
     it), ``bicubic:N`` steps as resize factors; the scales must multiply to the entry's."""
     loaded: dict[str, Upscaler] = {}
     stages: list[Upscaler | int] = []
-    for name in entry.stages:
-        factor = resize_factor(name)
-        if factor is not None:
-            stages.append(factor)
+    for stage in ref.stages:
+        if isinstance(stage, int):
+            stages.append(stage)
             continue
-        if name not in loaded:
-            sub = load_registry().find(name)
-            if sub is None or sub.kind not in ("generator", "spandrel"):
-                raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): stage {name!r} is not "
-                                 "a registered upscaling model; fix the registry file")
-            loaded[name] = cls.load(name, **engine)
-        stages.append(loaded[name])
+        if stage.name not in loaded:
+            loaded[stage.name] = cls.load(stage, **engine)
+        stages.append(loaded[stage.name])
+    entry = ref.entry
     pipe = Pipeline(stages, name=entry.name)
     if pipe.scale != entry.scale:
         raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): its stages upscale "
@@ -359,20 +350,3 @@ def _load_pipeline(cls, entry: ModelEntry, *, scale: int | None, **engine) -> Pi
         raise ModelError(f"model {entry.name} upscales ×{pipe.scale}, not ×{scale}; drop `scale` "
                          f"or pick a ×{scale} model (see 'clipsr models')")
     return pipe
-
-
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-
-
-def _resolve_model_path(model: str) -> Path:
-    p = Path(model).expanduser()
-    if p.suffix == ".safetensors" or os.sep in model or p.exists():
-        if p.is_dir():
-            cand = p / "model.safetensors"
-            if cand.is_file():
-                return cand
-            raise ModelError(f"{p} is a directory without model.safetensors; pass a checkpoint file")
-        if not p.exists():
-            raise ModelError(f"checkpoint not found: {p}")
-        return p
-    return resolve_model(model)

@@ -60,16 +60,14 @@ class ClipSpec:
 
     @property
     def weights_file(self) -> Path | None:
-        """WEIGHTS as a local file path, when it is one (by suffix or because it exists)."""
-        p = Path(self.weights).expanduser()
-        if p.suffix in (".pt", ".pth", ".bin", ".safetensors") or p.exists():
+        """WEIGHTS as a local file path, when it is one (a path separator, ``~``, or an
+        existing file; a bare file name is told by its suffix one layer up, in
+        :func:`clipsr_cli.hub.resolve.clip_weights_file`)."""
+        w = self.weights
+        p = Path(w).expanduser()
+        if "/" in w or os.sep in w or w.startswith("~") or p.exists():
             return p
         return None
-
-    @property
-    def weights_is_name(self) -> bool:
-        """WEIGHTS is a name (``openai``, a registry or open_clip tag), not a file or ``random``."""
-        return self.weights != "random" and self.weights_file is None
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.errors import ModelError
-from clipsr_cli.model.checkpoint import read_header
 from clipsr_cli.model.config import ModelInfo
 from clipsr_cli.model.prompt import Conditioning
 
-__all__ = ["ForeignModel", "ForeignSpec", "load_foreign", "read_state_dict", "is_foreign_file",
-           "WEIGHT_SUFFIXES", "LOCAL_CONVNETS", "MAX_OVERLAP"]
+__all__ = ["ForeignModel", "ForeignSpec", "load_foreign", "read_state_dict", "LOCAL_CONVNETS",
+           "MAX_OVERLAP"]
 
-#: File name endings read as third-party weights (``.safetensors`` too, when not a clipsr file).
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 #: spandrel architecture ids whose receptive field is bounded by their convolutions.
 LOCAL_CONVNETS = frozenset({"ESRGAN", "Compact", "SPAN", "SwiftSRGAN"})
 #: Largest default tile overlap in LR pixels (the built-in models' cap too).
@@ -83,25 +80,9 @@ class ForeignSpec:
     """The file it was read from."""
 
 
-def is_foreign_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is to be loaded as third-party weights: a ``.pth``/``.pt``/``.ckpt``/
-    ``.bin`` file, or a readable ``.safetensors`` file without clipsr's metadata. (An unreadable
-    ``.safetensors`` file is left to the clipsr reader, which says what is wrong with it.)"""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".pth", ".pt", ".ckpt", ".bin"):
-        return True
-    if suffix != ".safetensors":
-        return False
-    try:
-        _, _, meta = read_header(p)
-    except ModelError:
-        return False
-    return meta.get("format") != "clipsr"
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a third-party weights file, unwrapped from its container, on the CPU.
+def read_state_dict(path: str | os.PathLike, format: str) -> dict[str, torch.Tensor]:
+    """The tensors of a third-party weights file in ``format`` (``safetensors`` or ``torch``:
+    told by :mod:`clipsr_cli.hub.resolve`), unwrapped from its container, on the CPU.
 
     Never runs code from the file: a pickle that needs more than tensors and plain containers is
     refused (``ModelError``), as are TorchScript archives.
@@ -109,8 +90,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix == ".safetensors":
+    if format == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -118,11 +98,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raw = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{p} is not a valid safetensors file ({e}); re-download it") from None
-    elif suffix in (".pth", ".pt", ".ckpt", ".bin"):
+    elif format == "torch":
         raw = _torch_load(p)
     else:
-        raise ModelError(f"{p}: unsupported weights file type {suffix or '(none)'!r}; use "
-                         ".safetensors, .pth, .pt or .ckpt")
+        raise ValueError(f"unknown weights format {format!r}")
     state = _unwrap(raw, p)
     if not state:
         raise ModelError(f"{p} holds no tensors: it is not a model's weights")
@@ -176,14 +155,16 @@ def _spandrel():
     return spandrel
 
 
-def load_foreign(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> "ForeignModel":
-    """Read a third-party SR checkpoint safely and build it (fp32, eval mode) on ``device``.
+def load_foreign(path: str | os.PathLike, *, format: str,
+                 device: str | torch.device = "cpu") -> "ForeignModel":
+    """Read a third-party SR checkpoint safely (``format``: see :func:`read_state_dict`) and
+    build it (fp32, eval mode) on ``device``.
 
     Raises ``ModelError``: unreadable or unsafe file, unknown architecture, or a model that is no
     single-image super-resolution model (named with its architecture).
     """
     p = Path(path)
-    state = read_state_dict(p)
+    state = read_state_dict(p, format)
     spandrel = _spandrel()
     try:
         with warnings.catch_warnings():  # e.g. torch.meshgrid's indexing note inside SwinIR

@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from clipsr_cli.errors import ModelError, UsageError
+from clipsr_cli.hub.resolve import ClipsrFile, resolve
 from clipsr_cli.io import outputs
 from clipsr_cli.io.outputs import output_path_for
-from clipsr_cli.model.checkpoint import read_header
 from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult, report_path
 from clipsr_cli.tasks.sources import Discovery, Source, shard_of
 
@@ -52,19 +51,15 @@ def check_report(report: str | os.PathLike, *, shard: tuple[int, int] | None,
     return outputs.check_report(report_path(report, shard), keep=keep)
 
 
-def checkpoint_scale(model: str) -> int | None:
-    """The scale stored in a ``.safetensors`` checkpoint's header (without loading weights),
-    so that a run with nothing left to do never loads the model; None if not readable here
-    (loading the model then reports what is wrong)."""
-    p = Path(model).expanduser()
-    if p.suffix != ".safetensors" or not p.is_file():
-        return None
+def checkpoint_scale(model: str | None) -> int | None:
+    """The scale of a clipsr checkpoint file read from its header (without loading weights),
+    so that a run with nothing left to do never loads the model; None for anything else, or
+    when the header does not say (loading the model then reports what is wrong)."""
     try:
-        _, _, meta = read_header(p)
-        scale = json.loads(meta["config"])["scale"]
-    except (ModelError, ValueError, KeyError, TypeError):
+        ref = resolve(model) if model is not None else None
+    except ModelError:
         return None
-    return scale if isinstance(scale, int) else None
+    return ref.header_scale() if isinstance(ref, ClipsrFile) else None
 
 
 def plan(found: Discovery, every: list[Job], result: BatchResult, *, shard, skip_existing: bool,

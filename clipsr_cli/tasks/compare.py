@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from clipsr_cli.data.degrade import imresize
 from clipsr_cli.data.metrics import psnr, rgb_to_y, ssim
 from clipsr_cli.errors import InputError, UsageError, log
+from clipsr_cli.hub.resolve import ModelRef, known_scale, resolve
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.io.images import read_image, write_image
 from clipsr_cli.io.outputs import check_destination
@@ -110,21 +111,15 @@ def short_names(models: Sequence[str]) -> list[str]:
             keep[i] += 1
 
 
-def planned_scale(model: str) -> int | None:
-    """A model's scale known without loading it: the registry's, or a clipsr checkpoint's
-    header; None when only loading tells (a third-party file)."""
-    from clipsr_cli.hub.registry import load_registry
-    from clipsr_cli.tasks.batch_plan import checkpoint_scale
-
-    entry = load_registry().find(model)
-    if entry is not None and entry.scale is not None:
-        return entry.scale
-    return checkpoint_scale(model)
+def planned_scale(model: str | ModelRef) -> int | None:
+    """A model's scale known without loading it (:meth:`ModelRef`'s ``known_scale``): the
+    registry's, or a clipsr checkpoint's header; None when only loading tells."""
+    return known_scale(resolve(model))
 
 
-def _check_scales(models: Sequence[str]) -> None:
+def _check_scales(models: Sequence[str], refs: Sequence[ModelRef]) -> None:
     """Two models whose scales differ are refused before any runs (UsageError)."""
-    known = [(m, s) for m in models if (s := planned_scale(m)) is not None]
+    known = [(m, s) for m, r in zip(models, refs) if (s := known_scale(r)) is not None]
     if len({s for _, s in known}) > 1:
         listed = ", ".join(f"{m} is ×{s}" for m, s in known)
         raise UsageError(f"`models` must all upscale by one factor: {listed}", param="models")
@@ -163,10 +158,10 @@ def auto_crop(images: Sequence[np.ndarray], scale: int, size: tuple[int, int]) -
     return idx % cols, idx // cols, side, side
 
 
-def _run(name: str, image, text: str | None, *, settings: dict,
+def _run(name: str, ref: ModelRef, image, text: str | None, *, settings: dict,
          title: str = "") -> tuple[ModelRun, torch.Tensor]:
     t0 = time.perf_counter()
-    up = Upscaler.load(name, **settings)
+    up = Upscaler.load(ref, **settings)
     loaded = time.perf_counter() - t0
     use_text = bool(text) and up.info.text_conditioned
     if text and not use_text:
@@ -214,7 +209,8 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     models = [str(m) for m in models]
     if not models:
         raise UsageError("`models` needs at least one model to compare", param="models")
-    _check_scales(models)  # before any model runs
+    refs = [resolve(m) for m in models]  # every name checked before any model runs
+    _check_scales(models, refs)
     titles = short_names(models)
     dest = None
     if output is not None:
@@ -231,8 +227,8 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     if degradation is not None:
         settings["degradation"] = degradation
     runs: list[ModelRun] = []
-    for name, title in zip(models, titles):
-        run, sr = _run(name, image, text, settings=settings, title=title)
+    for name, model_ref, title in zip(models, refs, titles):
+        run, sr = _run(name, model_ref, image, text, settings=settings, title=title)
         if runs and run.scale != runs[0].scale:
             raise UsageError(f"`models` must all upscale by one factor: {runs[0].name} is "
                              f"×{runs[0].scale}, {name} is ×{run.scale}", param="models")
