@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from clipsr_cli.errors import InputError, ModelError, UsageError
+from clipsr_cli.errors import InputError, ModelError
 from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef, Registered,
                                     clip_weights_file, resolve)
 from clipsr_cli.infer.devices import available_memory as _available_memory
