@@ -116,3 +116,41 @@ def test_compare_labels_are_the_shortest_distinguishing_paths(tmp_path, tiny_ckp
                   device="cpu")
     assert [r.label.split("\n")[0] for r in res.runs] == ["one/model.safetensors",
                                                          "two/model.safetensors"]
+
+
+# -- item 6: training on images mostly smaller than the patch stops with the patch that fits -------
+def test_training_names_small_files_and_stops_when_most_are_too_small(tmp_path):
+    import logging
+
+    import pytest
+
+    from clipsr_cli.errors import DataError, log
+    from clipsr_cli.train.trainer import train
+    from tests.test_train import _cfg, _photos
+
+    data = _photos(tmp_path / "birds", n=4, size=(28, 40))  # HR patch 32: 28 is too small
+    _photos(tmp_path / "big", n=1, size=(48, 48))
+    (tmp_path / "big" / "img0.png").rename(data / "large.png")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        with pytest.raises(DataError) as e:
+            train(_cfg(tmp_path, data, steps=1))
+    finally:
+        log.removeHandler(handler)
+    msg = str(e.value)
+    assert "4 of 5 images are smaller than the 32x32 HR patch" in msg
+    assert "training would use only 1" in msg and "`patch_size=4`" in msg
+    warned = " ".join(seen)
+    assert "img0.png is 28x40: its shorter side is below the 32 px HR patch" in warned
+    assert "image 0 is" not in warned
+    # most images big enough: training goes on, skipping the small one
+    for i in (1, 2, 3):
+        (data / f"img{i}.png").unlink()
+    for i in range(3):
+        (tmp_path / f"b{i}").mkdir()
+        _photos(tmp_path / f"b{i}", n=1, size=(48, 48), seed=i + 1)
+        (tmp_path / f"b{i}" / "img0.png").rename(data / f"large{i}.png")
+    assert train(_cfg(tmp_path / "ok", data, steps=1)).step == 1

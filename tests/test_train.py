@@ -351,7 +351,7 @@ def test_empty_dataset_and_too_small_images(tmp_path):
     with pytest.raises(DataError):
         train(_cfg(tmp_path, tmp_path / "empty"))
     small = _photos(tmp_path / "small", n=3, size=(20, 20))
-    with pytest.raises(DataError, match="smaller than the 32x32 HR patch.*`patch_size`"):
+    with pytest.raises(DataError, match="smaller than the 32x32 HR patch.*`patch_size=4`"):
         train(_cfg(tmp_path / "s", small))
 
 

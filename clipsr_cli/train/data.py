@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -110,6 +112,7 @@ class BadImages:
         self.max_fraction = max_fraction
         self.unreadable = 0
         self.small = 0
+        self.small_sides: list[int] = []  # shorter sides of the too-small images (decode_all)
         self.seen = 0
         self._warned: set[str] = set()
         self._warn = warn or log.warning
@@ -131,6 +134,25 @@ class BadImages:
         if self.seen >= 20 and self.unreadable > self.max_fraction * self.seen:
             raise DataError(f"{self.unreadable} of {self.seen} images could not be read (more than "
                             f"data.max_bad_fraction = {self.max_fraction}); fix or remove them")
+
+
+def image_name(source, i: int) -> str:
+    """Image ``i`` of ``source`` as a user knows it: its path under the dataset root (else
+    ``image i``)."""
+    try:
+        path = Path(source[i].path)
+    except (TypeError, AttributeError, IndexError, KeyError):
+        return f"image {i}"
+    root = getattr(source, "root", None)
+    try:
+        return str(path.relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+def small_message(name: str, w: int, h: int, hp: int) -> str:
+    return (f"{name} is {w}x{h}: its shorter side is below the {hp} px HR patch (patch_size x "
+            "scale)")
 
 
 def _decode_one(source, i: int, resize_shorter: int):
@@ -159,8 +181,9 @@ def decode_all(source: ImageSourceLike, *, min_side: int, resize_shorter: int, b
                 bad.bad(err)
                 continue
             if min(t.shape[-2:]) < min_side:
-                bad.too_small(f"image {i} is {t.shape[-1]}x{t.shape[-2]}, smaller than the "
-                              f"{min_side}x{min_side} HR patch")
+                bad.small_sides.append(min(t.shape[-2:]))
+                bad.too_small(small_message(image_name(source, i), t.shape[-1], t.shape[-2],
+                                            min_side))
                 continue
             images.append(t)
             captions.append(tuple(c for c in (caps or ()) if c and c.strip()))
@@ -254,7 +277,8 @@ class _CropDataset(torch.utils.data.Dataset):
         except (DataError, OSError, ValueError) as e:
             return torch.zeros(3, hp, hp, dtype=torch.uint8), (), 1, str(e)
         if min(t.shape[-2:]) < hp:
-            return torch.zeros(3, hp, hp, dtype=torch.uint8), (), 2, f"image {i} is smaller than the HR patch"
+            msg = small_message(image_name(self.source, i), t.shape[-1], t.shape[-2], hp)
+            return torch.zeros(3, hp, hp, dtype=torch.uint8), (), 2, msg
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
         ny, nx = t.shape[-2] // s - self.patch + 1, t.shape[-1] // s - self.patch + 1
         y = int(torch.randint(ny, (1,), generator=g)) * s

@@ -175,6 +175,22 @@ class Data:
     val: list
 
 
+def _too_small(small: list[int], fine: list[int], d, mcfg: ModelConfig) -> str:
+    """Most images are smaller than the HR patch: say how many, and the patch that fits them."""
+    hp, n = d.patch_size * d.scale, len(small) + len(fine)
+    sides = sorted(small + fine)
+    mult = 2 ** (len(mcfg.encoder_widths) - 1)  # the patch must be a multiple of this
+    fit = sides[len(sides) // 10] // d.scale // mult * mult  # fits 90% of the images
+    head = (f"{len(small)} of {n} images are smaller than the {hp}x{hp} HR patch "
+            f"(`patch_size={d.patch_size}` x scale {d.scale}), so training would use only "
+            f"{len(fine)}; ")
+    if fit >= mult:
+        return head + (f"use `patch_size={fit}` (the largest that fits 90% of them: "
+                       f"{fit * d.scale} px HR patches)")
+    return head + (f"they are too small to train ×{d.scale} with this model; use larger "
+                   "images or a smaller `scale`")
+
+
 def build_data(cfg: TrainConfig, mcfg: ModelConfig, text: TextCache | None, device: torch.device,
                dist: ddp.DistInfo, *, source=None, val_source=None, say: Say, warn: Say) -> Data:
     d = cfg.data
@@ -193,11 +209,10 @@ def build_data(cfg: TrainConfig, mcfg: ModelConfig, text: TextCache | None, devi
         t0 = time.monotonic()
         images, captions = decode_all(source, min_side=hp, resize_shorter=d.resize_shorter, bad=bad,
                                       threads=max(1, min(d.workers, os.cpu_count() or 1)))
+        if bad.small > len(images):  # most images: training would see only the few others
+            raise DataError(_too_small(bad.small_sides, [min(im.shape[-2:]) for im in images],
+                                       d, mcfg))
         if not images:
-            if bad.small:
-                raise DataError(f"all {bad.small} images are smaller than the {hp}x{hp} HR patch "
-                                f"(patch {d.patch_size} x scale {d.scale}); use a smaller `patch_size`"
-                                + (" or data.resize_shorter" if not d.resize_shorter else ""))
             raise DataError(f"no usable images in {d.path}")
         sampler = MemorySampler(images, captions, **common)
         mb = sum(im.numel() for im in images) / 2 ** 20
