@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -354,3 +355,86 @@ def test_degradation_strength_decided_once_per_video(clips, model, tmp_path, mon
     assert len(set(judged)) > 1 and len(judged) == 8  # the first frames differ ...
     assert result.settings.denoise == sorted(judged)[4]  # ... their median is taken
     assert len(used) == 24 and set(used) == {result.settings.denoise}  # one value, every frame
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_frames(clips, model, reference, tmp_path):
+    """A real SIGKILL mid-run (no cleanup code runs): no output, no partial segment; the same
+    command again continues and ends with the frames of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "a.mp4"
+    parts = tmp_path / "a.mp4.parts"
+    cmd = [sys.executable, "-m", "clipsr_cli", "video", str(clips["a"]), "-o", str(out), "-m",
+           model, "--device", "cpu", "--precision", "fp32", "--segment-seconds", "0.2", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (parts / "seg-00001.nut").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    names = sorted(p.name for p in parts.iterdir())
+    finished = [n for n in names if n.startswith("seg-")]
+    assert finished[:2] == ["seg-00000.nut", "seg-00001.nut"] and len(finished) < 5
+    r = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {len(finished)} of 5 segments" in r.stderr
+    ref = frames_of(reference[0])
+    got = frames_of(out)
+    assert got[0] == ref[0] and all(np.array_equal(a, b) for a, b in zip(got[1], ref[1]))
+    assert not parts.exists()  # the stale temporary of the killed write is gone too
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_colour_matrix_range_and_tags_kept(model, tmp_path, monkeypatch, full_range):
+    """A BT.709-tagged clip (limited or full range) comes out with the same tags, and a flat
+    colour keeps its RGB value through decode -> engine -> encode (the engine replaced by a
+    nearest-neighbour ×4, so only the colour conversions are measured)."""
+    import clipsr_cli.infer.batching as batching
+    from av.video.reformatter import ColorRange, Colorspace
+
+    src = tmp_path / "c709.mp4"
+    colour = (200, 50, 30)
+    rng = ColorRange.JPEG if full_range else ColorRange.MPEG
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        cc = v.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, int(rng)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), colour, np.uint8),
+                                           format="rgb24")
+            f = f.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=rng)
+            f.pts = i
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+
+    def nearest(up, images, texts, strength=None):
+        out = []
+        for im in images:
+            a = (im.rgb[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out.append((a.repeat(4, 0).repeat(4, 1), None))
+        return out
+
+    monkeypatch.setattr(batching, "upscale_images", nearest)
+    out = tmp_path / "o.mp4"
+    result = run(src, out, model)
+    assert tuple(result.settings.colour) == (1, int(rng), 1, 1)
+    with av.open(str(out)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc) == \
+            (1, int(rng), 1, 1)
+    before = frames_of(src)[1][1][10:38, 10:54].reshape(-1, 3).mean(0)
+    after = frames_of(out)[1][1][40:150, 40:200].reshape(-1, 3).mean(0)
+    assert np.abs(before - colour).max() < 4  # the input's own encoding
+    assert np.abs(after - before).max() < 3, (before, after)  # BT.601 instead: 14 levels off

@@ -26,7 +26,7 @@ import numpy as np
 
 from clipsr_cli.errors import InputError
 
-__all__ = ["DecodeStats", "StreamInfo", "VideoIndex", "decode_frames", "open_input", "probe"]
+__all__ = ["DecodeStats", "FrameLook", "StreamInfo", "VideoIndex", "decode_frames", "open_input", "probe"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,14 @@ class VideoIndex:
     def duration(self) -> float:
         """Seconds from the first frame to the end of the last."""
         return float((self.pts[-1] - self.pts[0] + self.last_duration) * self.time_base)
+
+
+@dataclass(frozen=True)
+class FrameLook:
+    """How a decoded frame is to be shown: carried to the output unchanged."""
+
+    rotation: int  # display rotation in degrees
+    colour: tuple[int, int, int, int]  # FFmpeg's colorspace, range, primaries, transfer (0: unset)
 
 
 @dataclass
@@ -163,10 +171,11 @@ def probe(path: str | os.PathLike, *, check_size=None) -> VideoIndex:
 
 
 def decode_frames(path: str | os.PathLike, start: int, end: int | None, expected: int,
-                  stats: DecodeStats) -> Iterator[tuple[int, np.ndarray, int]]:
-    """Yield ``(pts, rgb, rotation)`` for the frames of the first video stream with
+                  stats: DecodeStats) -> Iterator[tuple[int, np.ndarray, FrameLook]]:
+    """Yield ``(pts, rgb, look)`` for the frames of the first video stream with
     ``start <= pts < end`` (``end`` None: to the end), in presentation order: ``rgb`` an
-    (H, W, 3) uint8 array, ``rotation`` the frame's display rotation in degrees.
+    (H, W, 3) uint8 array converted with the frame's own colour matrix and range, ``look`` its
+    rotation and colour tags.
 
     Decoding starts at the keyframe at or before ``start`` and stops once ``expected`` frames
     came out, or (when packets were corrupt) at the second keyframe at or after ``end``, which
@@ -181,7 +190,7 @@ def decode_frames(path: str | os.PathLike, start: int, end: int | None, expected
         keys_after_end = 0
         got = 0
 
-        def wanted(frames) -> Iterator[tuple[int, np.ndarray, int]]:
+        def wanted(frames) -> Iterator[tuple[int, np.ndarray, FrameLook]]:
             nonlocal got
             for frame in frames:
                 t = frame.pts
@@ -189,7 +198,12 @@ def decode_frames(path: str | os.PathLike, start: int, end: int | None, expected
                     continue
                 stats.decoded += 1
                 got += 1
-                yield int(t), frame.to_ndarray(format="rgb24"), int(frame.rotation or 0)
+                rng = int(frame.color_range or 0)
+                rgb = frame.to_ndarray(format="rgb24", src_color_range=rng or None)
+                look = FrameLook(int(frame.rotation or 0),
+                                 (int(frame.colorspace or 0), rng,
+                                  int(frame.color_primaries or 0), int(frame.color_trc or 0)))
+                yield int(t), rgb, look
 
         for packet in container.demux(video):
             if packet.size and end is not None and packet.is_keyframe:

@@ -38,6 +38,9 @@ _DEFAULT_ENCODERS = {"webm": ("libvpx-vp9", "libsvtav1", "libaom-av1"),
 _DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libsvtav1": 24, "libaom-av1": 24}
 _DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libsvtav1": "8"}
 _SEGMENT_FORMAT = "nut"
+#: Colour matrices (FFmpeg's AVColorSpace numbers) swscale converts with: BT.709, FCC, BT.601
+#: (470BG, SMPTE 170M), SMPTE 240M, BT.2020.
+_SWS_SPACES = {1, 4, 5, 6, 7, 9, 10}
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class SegmentEncoder:
     """Encode frames (RGB uint8 arrays with pts in ``time_base``) into one segment file."""
 
     def __init__(self, file: BinaryIO, *, choice: EncoderChoice, width: int, height: int,
-                 time_base: Fraction, rate: Fraction | None, rotation: int = 0, offset: int = 0):
+                 time_base: Fraction, rate: Fraction | None, rotation: int = 0, offset: int = 0,
+                 colour: tuple[int, int, int, int] = (0, 0, 0, 0)):
         import av
 
         self._av = av
@@ -183,12 +187,24 @@ class SegmentEncoder:
         cc.options = choice.options()
         if rotation:
             stream.set_display_rotation(rotation)
+        # the input's colour tags, and its matrix and range for RGB -> YUV (unset: BT.601,
+        # limited range, as FFmpeg assumes for untagged video)
+        space, rng, primaries, trc = colour
+        cc.colorspace, cc.color_range = space, rng
+        cc.color_primaries, cc.color_trc = primaries, trc
+        self._space = space if space in _SWS_SPACES else None
+        self._range = rng or None
+        self._rgb_out = av.VideoFormat(choice.pix_fmt).is_rgb
+        self._pix_fmt = choice.pix_fmt
         self._stream = stream
         self._time_base = time_base
         self.frames = 0
 
     def add(self, rgb: np.ndarray, pts: int) -> None:
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if not self._rgb_out:
+            frame = frame.reformat(format=self._pix_fmt, dst_colorspace=self._space,
+                                   dst_color_range=self._range)
         frame.pts, frame.time_base = pts + self._offset, self._time_base
         for packet in self._stream.encode(frame):
             self._out.mux(packet)

@@ -64,6 +64,7 @@ class VideoSettings:
     crf: int | None
     preset: str | None
     rotation: int  # display rotation of the input, carried to the output
+    colour: tuple[int, int, int, int]  # the input's colour tags (space, range, primaries, trc)
     denoise: float  # the degradation strength, one for every frame (see `decide_settings`)
     degradation: str  # why that strength
 
@@ -138,12 +139,14 @@ def _strength(up, first_frames) -> tuple[float, str]:
 def decide_settings(*, index, up, text: str | None, target: tuple[int, int],
                     choice: EncoderChoice, first_frames) -> VideoSettings:
     """The settings of one video, decided once (see :class:`VideoSettings`): ``first_frames``
-    are (pts, rgb, rotation) of the video's first frames."""
-    rotation = first_frames[0][2] if first_frames else 0
+    are (pts, rgb, look) of the video's first frames."""
+    look = first_frames[0][2] if first_frames else None
+    rotation = look.rotation if look else 0
     denoise, why = _strength(up, first_frames)
     return VideoSettings(model=up.name, scale=up.scale, text=text or None, width=target[0],
                          height=target[1], codec=choice.codec, pix_fmt=choice.pix_fmt,
                          crf=choice.crf, preset=choice.preset, rotation=rotation,
+                         colour=look.colour if look else (0, 0, 0, 0),
                          denoise=denoise, degradation=why)
 
 

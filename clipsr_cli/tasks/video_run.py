@@ -54,7 +54,7 @@ def _mb(n: float) -> str:
 
 
 def first_frames(index: VideoIndex, segments: Sequence[Segment], n: int):
-    """(pts, rgb, rotation) of the video's first ``n`` frames (what settings are decided from)."""
+    """(pts, rgb, look) of the video's first ``n`` frames (what settings are decided from)."""
     return list(decode_frames(index.path, segments[0].start, None, min(n, index.frames),
                               DecodeStats()))
 
@@ -77,7 +77,7 @@ def frame_image(rgb: np.ndarray, name: str):
 
 
 def _upscaled(up, frames, settings, batch: int):
-    """Yield (pts, rgb) of ``frames`` ((pts, rgb, rotation)) upscaled ``batch`` at a time."""
+    """Yield (pts, rgb) of ``frames`` ((pts, rgb, look)) upscaled ``batch`` at a time."""
     from clipsr_cli.infer.batching import upscale_images
     from clipsr_cli.tasks.outsize import resize_output
 
@@ -142,7 +142,8 @@ def make_segments(up, index: VideoIndex, folder: WorkFolder, mine: Sequence[Segm
         def encode(f) -> None:
             enc = SegmentEncoder(f, choice=choice, width=settings.width, height=settings.height,
                                  time_base=index.time_base, rate=index.rate,
-                                 rotation=settings.rotation, offset=_offset(index))
+                                 rotation=settings.rotation, offset=_offset(index),
+                                 colour=tuple(settings.colour))
             try:
                 frames = decode_frames(index.path, seg.start, seg.end, seg.frames, stats)
                 for pts, rgb in _upscaled(up, frames, settings, batch):
