@@ -154,3 +154,51 @@ def test_training_names_small_files_and_stops_when_most_are_too_small(tmp_path):
         _photos(tmp_path / f"b{i}", n=1, size=(48, 48), seed=i + 1)
         (tmp_path / f"b{i}" / "img0.png").rename(data / f"large{i}.png")
     assert train(_cfg(tmp_path / "ok", data, steps=1)).step == 1
+
+
+# -- item 7: completion of option values ------------------------------------------------------------
+def _complete(args: list[str], incomplete: str) -> list[str]:
+    """What ``clipsr ARGS INCOMPLETE<TAB>`` offers, through the shell-completion protocol."""
+    words = ["clipsr", *args, incomplete]
+    r = runner.invoke(app, [], prog_name="clipsr", env={
+        "_CLIPSR_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(words),
+        "COMP_CWORD": str(len(words) - 1)})
+    assert r.exit_code == 0, r.output
+    return r.stdout.split()
+
+
+def test_completion_offers_values(tmp_path):
+    assert _complete(["upscale", "a.png", "--device"], "") == ["auto", "cpu", "cuda", "mps",
+                                                               "cuda:0", "cuda:1"]
+    assert _complete(["upscale", "a.png", "--precision"], "b") == ["bf16"]
+    assert _complete(["batch", "in", "-o", "out", "--format"], "") == ["png", "jpeg", "webp",
+                                                                       "tiff", "bmp"]
+    assert _complete(["upscale", "a.png", "-s"], "1") == ["16"]
+    models = _complete(["upscale", "a.png", "-m"], "clipsr-")
+    assert {"clipsr-lite-x4", "clipsr-lite-x8", "clipsr-lite-x16"} <= set(models)
+    assert not any(m.startswith("clip-") for m in _complete(["compare", "a.png", "-m"], ""))
+    assert "clip-vit-b-32" in _complete(["download"], "")  # download fetches CLIP too
+    # model files: folders and weight files, not other files
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "m.safetensors").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    got = _complete(["edit", "a.png", "-t", "x", "-m"], str(tmp_path) + "/")
+    assert got == [str(tmp_path / "m.safetensors"), str(tmp_path / "runs") + "/"]
+    assert _complete(["inspect"], str(tmp_path / "m")) == [str(tmp_path / "m.safetensors")]
+
+
+def test_completion_through_the_shell_protocol_needs_no_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("no torch while completing")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim.parent), str(ROOT)]),
+           "_CLIPSR_COMPLETE": "complete_bash", "COMP_WORDS": "clipsr upscale a.png --device c",
+           "COMP_CWORD": "4"}
+    r = subprocess.run([sys.executable, "-c", "from clipsr_cli.cli.app import main; main()"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cpu", "cuda", "cuda:0", "cuda:1"]

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from clipsr_cli.cli import completion
 from clipsr_cli.cli import options as o
 
 
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
         models: Annotated[Optional[List[str]], typer.Option(
             "--model", "-m", help="A model to compare (repeat: -m A -m B ...): registered name, "
             "clipsr .safetensors checkpoint or third-party SR file (.pth/.safetensors).",
-            show_default=False)] = None,
+            show_default=False, autocompletion=completion.models)] = None,
         text: o.Text = None,
         output: Annotated[Optional[str], typer.Option(
             "--output", "-o", help="Grid image to write. Default: <stem>_compare.png beside "

@@ -13,6 +13,8 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
+from clipsr_cli.cli import completion
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
 
@@ -113,7 +115,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         names: Annotated[Optional[list[str]], typer.Argument(
             help="Registered model names (see 'clipsr models').", metavar="NAME",
-            show_default=False)] = None,
+            show_default=False, autocompletion=completion.downloadable)] = None,
         all_: Annotated[bool, typer.Option(
             "--all", help="Every registered model clipsr can use.")] = False,
         list_: Annotated[bool, typer.Option(

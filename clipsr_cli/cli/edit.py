@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from clipsr_cli.cli import completion
 from clipsr_cli.cli import options as o
 
 
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option(
             "--model", "-m", help="Text-guided model: registered name or .safetensors path. "
             "Default: the first registered text-guided model for the scale.",
-            show_default=False)] = None,
+            show_default=False, autocompletion=completion.models)] = None,
         device: o.Device = "auto",
         precision: o.PrecisionOpt = "auto",
         tile: o.Tile = "auto",

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from clipsr_cli.cli import completion
+
 
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
@@ -13,7 +15,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(
             help="Model file (clipsr .safetensors, or a third-party SR .pth/.safetensors that "
             "spandrel recognises: Real-ESRGAN, SwinIR, HAT, DAT, SPAN, OmniSR, ...) or a "
-            "registered name.", show_default=False)],
+            "registered name.", show_default=False, autocompletion=completion.models)],
         verbose: Annotated[bool, typer.Option("--verbose", "-v",
                                               help="Tracebacks on errors.")] = False,
     ) -> None:

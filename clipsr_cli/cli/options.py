@@ -11,6 +11,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from clipsr_cli.cli import completion as c
 from clipsr_cli.infer.values import check_device, check_precision, parse_tiling
 from clipsr_cli.io.formats import normalise_format
 from clipsr_cli.tasks import checks
@@ -31,27 +32,30 @@ Input = Annotated[str, typer.Argument(
     metavar="INPUT", help="Image to upscale, or - for stdin.", show_default=False)]
 Scale = Annotated[Optional[int], typer.Option(
     "--scale", "-s", help="Upscaling factor: 4, 8 or 16 (2 for custom models). Default: the "
-    "model's scale, or 4.", show_default=False, callback=checked(checks.check_scale))]
+    "model's scale, or 4.", show_default=False, callback=checked(checks.check_scale),
+    autocompletion=c.scales)]
 Text = Annotated[Optional[str], typer.Option(
     "--text", "-t", help="Caption describing the image (text-guided models).")]
 Model = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Registered model name, path to a clipsr .safetensors checkpoint, or "
     "a third-party SR file (.pth/.safetensors: Real-ESRGAN, SwinIR, HAT, SPAN, ...; see "
-    "'clipsr inspect'). Default: the built-in clipsr-lite model for the scale.")]
+    "'clipsr inspect'). Default: the built-in clipsr-lite model for the scale.",
+    autocompletion=c.models)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
-                                     callback=checked(check_device))]
+                                     callback=checked(check_device), autocompletion=c.devices)]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16/fp16 on GPUs, bf16 on CPUs with "
-    "native bf16, else fp32).", callback=checked(check_precision))]
+    "native bf16, else fp32).", callback=checked(check_precision), autocompletion=c.precisions)]
 Tile = Annotated[str, typer.Option(
     help="Tile size in LR pixels: auto (from free memory), a number, or 0 for no tiling.",
-    callback=checked(lambda v: parse_tiling(v, None)))]
+    callback=checked(lambda v: parse_tiling(v, None)), autocompletion=c.tiles)]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", help="Overlap between tiles in LR pixels (default: the model's hint).",
     callback=checked(lambda v: parse_tiling("auto", v)))]
 Format = Annotated[Optional[str], typer.Option(
     "--format", "-f", help="Output format: png, jpeg, webp, tiff or bmp (default: from the "
-    "output name, else the input's).", callback=checked(normalise_format))]
+    "output name, else the input's).", callback=checked(normalise_format),
+    autocompletion=c.formats)]
 Quality = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
 Suffix = Annotated[Optional[str], typer.Option(
     "--suffix", help="Replaces _x<s> in output names (may be empty).",
@@ -79,7 +83,8 @@ DegradationOpt = Annotated[str, typer.Option(
     "--degradation", metavar="auto|clean|jpeg|noise", help="How degraded the input is: auto "
     "(default) decides per image from the file itself (a JPEG's quantisation tables, noise "
     "measured on flat areas); clean, jpeg or noise say it. Used by models with "
-    "degradation-aware weights (the built-ins); -v shows the choice.")]
+    "degradation-aware weights (the built-ins); -v shows the choice.",
+    autocompletion=c.degradations)]
 Denoise = Annotated[Optional[float], typer.Option(
     "--denoise", metavar="0..1", help="Fixed strength between the clean (0) and the "
     "degradation-aware (1) weights, like Real-ESRGAN's -dn; overrides --degradation.",
