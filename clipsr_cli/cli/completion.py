@@ -59,13 +59,13 @@ def _registered(*, clip: bool) -> list[str]:
 
 def _weight_files(incomplete: str) -> list[str]:
     """Folders and weight files (the endings clipsr reads as models) under what is typed."""
-    from clipsr_cli.hub.weightfiles import weights_format
+    from clipsr_cli.hub.resolve import is_weights_name
 
     out = []
     for p in sorted(glob.glob(glob.escape(os.path.expanduser(incomplete)) + "*")):
         if os.path.isdir(p):
             out.append(p + os.sep)
-        elif weights_format(p) is not None:
+        elif is_weights_name(p):
             out.append(p)
     return out
 

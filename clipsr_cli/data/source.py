@@ -98,6 +98,20 @@ class ImageSource:
         return f"{type(self).__name__}({str(self.root)!r}, {len(self)} images{extra})"
 
 
+def image_name(source, i: int) -> str:
+    """Image ``i`` of ``source`` as a user knows it: its path under the dataset root (else
+    ``image i``)."""
+    try:
+        path = Path(source[i].path)
+    except (TypeError, AttributeError, IndexError, KeyError):
+        return f"image {i}"
+    root = getattr(source, "root", None)
+    try:
+        return str(path.relative_to(root)) if root is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
 def split_name(split: str) -> str:
     """``"train"`` or ``"test"`` (``"val"`` is the test split); DataError otherwise."""
     try:

@@ -37,7 +37,7 @@ from clipsr_cli.model.header import FORMAT, read_header
 
 __all__ = ["ModelRef", "NetworkRef", "Registered", "PipelineRef", "ClipsrFile", "ForeignFile",
            "ClipRef", "resolve", "known_scale", "resolve_model", "clip_weights_path",
-           "clip_weights_file"]
+           "clip_weights_file", "is_weights_name"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,12 @@ def resolve(model: str | os.PathLike | ModelRef | None, *, scale: int | None = N
             return _file_ref(s)
         reg.get(s)  # raises: unknown name, with close matches
     return _entry_ref(entry)
+
+
+def is_weights_name(name: str | os.PathLike) -> bool:
+    """True if a file of this name is model weights by its ending (what shell completion of
+    ``-m`` offers besides folders); which reader loads it is :func:`resolve`'s decision."""
+    return weights_format(str(name)) is not None
 
 
 def _looks_like_path(s: str) -> bool:

@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from clipsr_cli.data.source import image_name
 from clipsr_cli.errors import DataError, log
 
 
@@ -136,23 +135,8 @@ class BadImages:
                             f"data.max_bad_fraction = {self.max_fraction}); fix or remove them")
 
 
-def image_name(source, i: int) -> str:
-    """Image ``i`` of ``source`` as a user knows it: its path under the dataset root (else
-    ``image i``)."""
-    try:
-        path = Path(source[i].path)
-    except (TypeError, AttributeError, IndexError, KeyError):
-        return f"image {i}"
-    root = getattr(source, "root", None)
-    try:
-        return str(path.relative_to(root)) if root is not None else str(path)
-    except ValueError:
-        return str(path)
-
-
 def small_message(name: str, w: int, h: int, hp: int) -> str:
-    return (f"{name} is {w}x{h}: its shorter side is below the {hp} px HR patch (patch_size x "
-            "scale)")
+    return f"{name} is {w}x{h}: its shorter side is below the {hp} px HR patch"
 
 
 def _decode_one(source, i: int, resize_shorter: int):
