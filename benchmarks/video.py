@@ -10,8 +10,8 @@ noise, libx264 at 24 fps, keyframe every 12 frames, a 440 Hz AAC tone) and runs
 the engine, the encoder (libx264, CRF 18, preset medium), the join with the audio copied.
 Prints one JSON line: frames, the whole run's wall time, the frames per second of the upscaling
 loop (decode + network + encode, from the progress callback: model loading and the join
-excluded), and the machine with its load average before the run, which matters on a shared
-machine.
+excluded), the CPU seconds per frame of the process (all threads; less sensitive than wall time
+to other work on a shared machine), and the machine with its load average before the run.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def main() -> None:
         seen: dict = {}
 
         def progress(p) -> None:
-            seen.setdefault("t0", time.perf_counter())  # before the first frame
-            seen["t1"], seen["done"] = time.perf_counter(), p.frames_done
+            if "t0" not in seen:  # before the first frame
+                seen["t0"], seen["c0"] = time.perf_counter(), time.process_time()
+            seen["t1"], seen["c1"] = time.perf_counter(), time.process_time()
 
         t = time.perf_counter()
         r = upscale_video(input=clip, output=Path(d) / "out.mp4", model=args.model,
@@ -114,6 +115,7 @@ def main() -> None:
                           segment_seconds=args.segment_seconds, progress=progress)
         wall = time.perf_counter() - t
         loop = seen["t1"] - seen["t0"]
+        cpu = seen["c1"] - seen["c0"]  # CPU seconds of this process (all threads)
         out_mb = (Path(d) / "out.mp4").stat().st_size / 2**20
     print(json.dumps({
         "input": f"{args.width}x{args.height}", "frames": r.frames,
@@ -121,6 +123,7 @@ def main() -> None:
         "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
         "codec": f"{r.settings.codec} crf {r.settings.crf} {r.settings.preset}",
         "fps": round(r.frames_made / loop, 4), "seconds_per_frame": round(loop / r.frames_made, 2),
+        "cpu_seconds_per_frame": round(cpu / r.frames_made, 2),
         "wall_seconds": round(wall, 1), "output_MiB": round(out_mb, 2),
         "machine": f"{_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",

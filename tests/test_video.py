@@ -438,3 +438,35 @@ def test_colour_matrix_range_and_tags_kept(model, tmp_path, monkeypatch, full_ra
     after = frames_of(out)[1][1][40:150, 40:200].reshape(-1, 3).mean(0)
     assert np.abs(before - colour).max() < 4  # the input's own encoding
     assert np.abs(after - before).max() < 3, (before, after)  # BT.601 instead: 14 levels off
+
+
+def test_subtitles_copied_into_mkv_and_refused_by_mp4(model, tmp_path):
+    src = tmp_path / "sub.mkv"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 40, 30, "yuv420p"
+        s = c.add_mux_stream("subrip")  # no encoder needed: packets written as they are
+        for i in range(6):
+            f = av.VideoFrame.from_ndarray(np.full((30, 40, 3), i * 20, np.uint8), format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        for k, line in enumerate([b"Hello", b"World"]):
+            p = av.Packet(line)
+            p.stream, p.time_base, p.pts, p.dts, p.duration = s, Fraction(1, 1000), k * 100, \
+                k * 100, 80
+            c.mux(p)
+
+    def subs(path):
+        with av.open(str(path)) as c:
+            st = c.streams.subtitles[0]
+            return st.codec_context.name, [(bytes(p), p.pts * p.time_base)
+                                           for p in c.demux(st) if p.size]
+
+    out = tmp_path / "o.mkv"
+    run(src, out, model)
+    assert subs(out) == subs(src) == ("srt", [(b"Hello", 0), (b"World", Fraction(1, 10))])
+    r = _cli([str(src), "-o", str(tmp_path / "o.mp4")], model)
+    _one_error_line(r, 1, "cannot be copied into MP4; write .mkv instead")
