@@ -36,7 +36,8 @@ from clipsr_cli.tasks.checks import check_passes, check_values
 from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_text
 from clipsr_cli.tasks.upscale import load_upscaler
 from clipsr_cli.tasks import video_run
-from clipsr_cli.tasks.video_plan import WorkFolder, plan_document, plan_segments, shard_segments
+from clipsr_cli.tasks.video_plan import (PlanMismatch, Segment, WorkFolder, plan_document,
+                                         plan_segments, shard_segments)
 from clipsr_cli.tasks.video_run import DiskFullError, VideoProgress
 
 __all__ = ["DiskFullError", "REPORT_VERSION", "VideoProgress", "VideoResult", "VideoSettings", "decide_settings",
@@ -166,7 +167,8 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     """Upscale the video ``input`` into ``output`` (see the module docstring).
 
     ``shard`` (``"K/N"``, ``"auto"``): make only shard K's segments; the run that finds every
-    segment finished joins them. ``join``: only join (every segment must be finished).
+    segment finished joins them. ``join``: only join (every segment must be finished), with
+    the settings the segments were made with (the model and encoder options are not needed).
     ``work_dir``: where segments wait (default ``OUTPUT.parts``; shared storage for shards);
     removed after the join unless ``keep_parts``. Running the same call again resumes.
     ``degradation`` (a :class:`~clipsr_cli.infer.degradation.Degradation`): its strength is
@@ -196,6 +198,9 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
                   tile_overlap=tile_overlap)
     if output is not None:  # an existing output fails before any work
         check_destination(dest0, source=src, overwrite=overwrite)
+    if join:
+        return _join_only(src, dest0, work_dir, container=choice.container, shard=shard_kn,
+                          overwrite=overwrite, keep_parts=keep_parts, started=t0)
 
     def header_check(w: int, h: int) -> None:
         from clipsr_cli.io.formats import check_dimensions
@@ -232,14 +237,41 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     result = VideoResult(input=src, output=dest, work_dir=folder.path, frames=index.frames,
                          segments=len(segments), shard=shard_kn, settings=settings)
     resumed = folder.prepare(plan_document(index, segments, settings))
-    if not join:
-        mine = shard_segments(segments, shard_kn)
-        video_run.make_segments(up, index, folder, mine, settings, choice, result,
-                                batch_size=batch_size, resumed=resumed, progress=progress,
-                                started=t0)
-    video_run.finish(folder, index, segments, settings, choice, result, join=join,
+    mine = shard_segments(segments, shard_kn)
+    video_run.make_segments(up, index, folder, mine, settings, choice, result,
+                            batch_size=batch_size, resumed=resumed, progress=progress,
+                            started=t0)
+    video_run.finish(folder, index, segments, settings, choice.container, result, join=False,
                      overwrite=overwrite, keep_parts=keep_parts)
     result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _join_only(src: Path, dest: Path, work_dir, *, container: str, shard, overwrite: bool,
+               keep_parts: bool, started: float) -> VideoResult:
+    """``join``: the settings and segments come from the work folder's ``plan.json`` (what the
+    shards decided), so no model is loaded and no option has to be repeated."""
+    folder = WorkFolder(Path(work_dir).expanduser() if work_dir is not None
+                        else dest.with_name(dest.name + ".parts"))
+    plan = folder.read_plan()
+    index = probe(src)
+    if plan.get("fingerprint") != index.fingerprint:
+        raise PlanMismatch(f"{folder.path} holds segments of another input video than "
+                           f"{src.name}; pass the video the segments were made from")
+    check_destination(dest, source=src, overwrite=overwrite)
+    check_copyable(src, [s.index for s in index.streams], container)
+    try:
+        settings = VideoSettings(**plan["settings"])
+        segments = tuple(Segment(i, int(a), None if b is None else int(b), int(n))
+                         for i, (a, b, n) in enumerate(plan["segments"]))
+    except (TypeError, ValueError, KeyError):
+        raise PlanMismatch(f"{folder.plan_file} is not a plan this clipsr wrote; delete "
+                           f"{folder.path} and run again") from None
+    result = VideoResult(input=src, output=dest, work_dir=folder.path, frames=index.frames,
+                         segments=len(segments), shard=shard, settings=settings)
+    video_run.finish(folder, index, segments, settings, container, result, join=True,
+                     overwrite=overwrite, keep_parts=keep_parts)
+    result.seconds = time.perf_counter() - started
     return result
 
 

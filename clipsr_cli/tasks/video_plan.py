@@ -110,6 +110,17 @@ class WorkFolder:
         remove_stale_temporaries(self.segment(i) for i in range(len(plan["segments"])))
         return existed
 
+    def read_plan(self) -> dict:
+        """``plan.json``; InputError when there is none (nothing was made here yet)."""
+        if not self.plan_file.is_file():
+            raise InputError(f"{self.path} holds no segments to join; run without `join` first "
+                             "(or pass the `work_dir` the shards used)")
+        try:
+            return json.loads(self.plan_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise PlanMismatch(f"{self.plan_file} cannot be read ({e}); delete {self.path} and "
+                               "run again") from None
+
     def _check(self, plan: dict) -> None:
         try:
             found = json.loads(self.plan_file.read_text(encoding="utf-8"))

@@ -198,7 +198,7 @@ def _disk_full(folder: WorkFolder, index: VideoIndex, mine: Sequence[Segment], w
 
 
 def finish(folder: WorkFolder, index: VideoIndex, segments: Sequence[Segment], settings,
-           choice: EncoderChoice, result, *, join: bool, overwrite: bool,
+           container: str, result, *, join: bool, overwrite: bool,
            keep_parts: bool) -> None:
     """Join the segments into the output when every one is finished (see the module
     docstring); otherwise say what is missing (InputError when ``join`` was asked)."""
@@ -224,7 +224,7 @@ def finish(folder: WorkFolder, index: VideoIndex, segments: Sequence[Segment], s
         try:
             atomic_write(result.output, lambda f: join_segments(
                 paths, input=index.path, copy=[s.index for s in index.streams], file=f,
-                container=choice.container, time_base=index.time_base, frame_pts=index.pts,
+                container=container, time_base=index.time_base, frame_pts=index.pts,
                 last_duration=index.last_duration, offset=_offset(index),
                 rotation=settings.rotation), overwrite=overwrite)
         except FileExistsError:
