@@ -13,6 +13,15 @@ import typer
 
 from clipsr_cli.cli import options as o
 
+_CODECS = ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1", "mpeg4", "ffv1")
+_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+            "veryslow")
+_PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le")
+
+
+def _complete(values):
+    return lambda incomplete: [v for v in values if v.startswith(incomplete)]
+
 
 class _ProgressView:
     """Frames done / total, frames per second and ETA on stderr: a live bar on a terminal,
@@ -68,16 +77,18 @@ def register(app: typer.Typer) -> None:
         denoise: o.Denoise = None,
         codec: Annotated[Optional[str], typer.Option(
             "--codec", help="Video encoder, e.g. libx264, libx265, libvpx-vp9, libsvtav1. "
-            "Default: libx264 (.webm: libvpx-vp9), else the best this FFmpeg build has.")] = None,
+            "Default: libx264 (.webm: libvpx-vp9), else the best this FFmpeg build has.",
+            autocompletion=_complete(_CODECS))] = None,
         crf: Annotated[Optional[int], typer.Option(
             "--crf", help="Constant quality, lower is better (default: 18 for libx264, 20 "
             "libx265, 24 VP9/AV1).", show_default=False)] = None,
         preset: Annotated[Optional[str], typer.Option(
             "--preset", help="Encoder speed preset (libx264/libx265: ultrafast ... veryslow; "
-            "default medium).", show_default=False)] = None,
+            "default medium).", show_default=False, autocompletion=_complete(_PRESETS))] = None,
         pix_fmt: Annotated[Optional[str], typer.Option(
             "--pix-fmt", help="Pixel format (default yuv420p: plays everywhere; odd sides are "
-            "then made even, one pixel smaller).", show_default=False)] = None,
+            "then made even, one pixel smaller).", show_default=False,
+            autocompletion=_complete(_PIX_FMTS))] = None,
         shard: Annotated[Optional[str], typer.Option(
             "--shard", metavar="K/N|auto", help="Make only shard K of N of the segments "
             "(round robin), e.g. one per machine with --work-dir on shared storage; the shard "
