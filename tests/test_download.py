@@ -464,16 +464,23 @@ def test_models_and_list_show_builtin_and_registered_entries(server, home, tmp_p
     r = CliRunner().invoke(app, ["models"], env={"COLUMNS": "120"})
     assert r.exit_code == 0, r.output
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
-    for name in ("clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14", "clip-rn50", "foo"):
+    for name in ("clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14", "foo"):
         assert name in lines
     assert "yes" in lines["foo"] and "x4" in lines["foo"] and "524.3 kB" in lines["foo"]
     assert lines["clip-vit-b-32"].rstrip().endswith("no")
-    assert "unusable" in lines["clip-rn50"]
+    # an entry CLIP-SR cannot use is left out, and said so on stderr (-v lists it: issue #22)
+    assert "clip-rn50" not in lines and "not listed: clip-rn50" in r.stderr
+    # download --list: the table of 'models -v' (a header, every entry, descriptions)
     r = _run("download", "--list")
     assert r.exit_code == 0, r.output
     listed = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
-    assert set(listed) >= {"clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14", "clip-rn50", "foo"}
+    assert set(listed) >= {"name", "clip-vit-b-32", "clip-vit-b-16", "clip-vit-l-14",
+                           "clip-rn50", "foo"}
+    assert "description" in listed["name"] and "not usable by CLIP-SR" in listed["clip-rn50"]
     assert " yes " in listed["foo"] and " no " in listed["clip-vit-b-32"]
+    assert r.stdout == CliRunner().invoke(app, ["models", "-v"]).stdout
+    names = CliRunner().invoke(app, ["models", "-q"]).stdout.split()
+    assert "foo" in names and "clip-rn50" not in names and "name" not in names
 
 
 def test_download_usage_errors(home):

@@ -202,3 +202,61 @@ def test_completion_through_the_shell_protocol_needs_no_torch(tmp_path):
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["cpu", "cuda", "cuda:0", "cuda:1"]
+
+
+# -- item 8: the smaller rough edges -----------------------------------------------------------------
+def test_readme_example_outputs_are_ignored_by_git():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        import pytest
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    assert ignored("examples/chelsea_x8.png") and ignored("examples/chelsea_x4.png")
+    assert not ignored("examples/chelsea.png")
+
+
+def test_verbose_upscale_shows_model_device_precision_tiles_and_degradation(tmp_path, tiny_ckpt):
+    src = _photo(tmp_path / "a.png")
+    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "--device", "cpu",
+                            "--precision", "fp32", "-v"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    model = next(line for line in lines if line.startswith("model "))
+    assert "×4 on cpu, fp32" in model and "tiles: auto" in model and "degradation:" in model
+    assert any(line.startswith("tiles: 1 (the whole image in one pass)") for line in lines)
+    quiet = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "--device", "cpu",
+                                "--precision", "fp32", "--overwrite"])
+    assert "tiles:" not in quiet.stderr and "model " not in quiet.stderr  # only with -v
+
+
+def test_progress_bars_say_what_they_count(monkeypatch):
+    import io as stdio
+
+    from rich.console import Console
+
+    from clipsr_cli.cli import console
+
+    out = stdio.StringIO()
+    monkeypatch.setattr(console, "err_console", Console(file=out, force_terminal=True, width=100))
+    monkeypatch.setattr(console.state, "quiet", False)
+    with console.tile_progress("upscale a.png") as progress:
+        progress(5, 25)
+    assert "5/25 tiles" in out.getvalue()
+
+
+def test_help_shows_metavars_not_python_types():
+    for cmd, expected in ((["compare", "--help"], ("INPUT", "-m, --model MODEL")),
+                          (["inspect", "--help"], ("MODEL  Model file",)),
+                          (["train", "--help"], ("--set SECTION.KEY=VALUE",)),
+                          (["eval", "--help"], ("--degrade CONDITION",))):
+        r = runner.invoke(app, cmd, env={"COLUMNS": "120"})
+        assert r.exit_code == 0
+        assert "<list[str]>" not in r.stdout
+        for text in expected:
+            assert text in r.stdout, (cmd, text)
+    assert "  input " not in runner.invoke(app, ["compare", "--help"]).stdout

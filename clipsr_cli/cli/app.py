@@ -34,6 +34,10 @@ class _Argument(TyperArgument):
             name = f"[{name}]"
         return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
 
+    def _rich_display_name(self) -> str:  # the Arguments section: INPUT, MODEL (not input)
+        name = self.metavar or (self.name or "").upper()
+        return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
     def display_type_rich(self, ctx):
         return None
 

@@ -67,8 +67,9 @@ class BatchView:
             def render(self, task) -> Text:
                 return Text(f"{task.speed:.2f} img/s" if task.speed else "– img/s")
 
-        self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), Rate(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+        self.bar = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("images"), Rate(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[current]}"),
                             console=self.console, transient=True, redirect_stdout=False,
                             redirect_stderr=False)
         self.task = self.bar.add_task("batch", total=total, current="")

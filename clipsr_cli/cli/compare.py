@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         input: Annotated[str, typer.Argument(help="Low-resolution image to upscale.",
                                              show_default=False)],
         models: Annotated[Optional[List[str]], typer.Option(
-            "--model", "-m", help="A model to compare (repeat: -m A -m B ...): registered name, "
+            "--model", "-m", metavar="MODEL", help="A model to compare (repeat: -m A -m B ...): "
+            "registered name, "
             "clipsr .safetensors checkpoint or third-party SR file (.pth/.safetensors).",
             show_default=False, autocompletion=completion.models)] = None,
         text: o.Text = None,

@@ -86,7 +86,7 @@ def tile_progress(description: str) -> Iterator[Callable[[int, int], None] | Non
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True,
+                  TextColumn("tiles"), TimeRemainingColumn(), console=err_console, transient=True,
                   redirect_stdout=False, redirect_stderr=False) as bar:
         task = bar.add_task(description, total=None)
 

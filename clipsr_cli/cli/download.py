@@ -146,12 +146,8 @@ def register(app: typer.Typer) -> None:
         reg = registry.load_registry()
         entries = [reg.get(n) for n in names]  # fail fast on a misspelt name
 
-        if list_:
-            for e in entries or list(reg):
-                status = _status_label(e, store.install_status(e))
-                scale = f"x{e.scale}" if e.scale else "-"
-                typer.echo(f"{e.name:<22} {e.kind:<9} {scale:<4} {format_size(_size(e)):>9}  "
-                           f"{status:<10} {e.description}")
+        if list_:  # the table of 'clipsr models -v', for the NAMEs given or all
+            _print_models(entries or list(reg), verbose=True, quiet=quiet)
             return
 
         if src is not None:
@@ -216,27 +212,46 @@ def register(app: typer.Typer) -> None:
                                 f"{', '.join(n for n, _ in failed)}")
 
     @app.command("models")
-    def models() -> None:
-        """List registered models: scale, text-guided or not, size, license, installed."""
-        from rich.console import Console
-        from rich.table import Table
+    def models(quiet: Quiet = False, verbose: Annotated[bool, typer.Option(
+            "--verbose", "-v", help="Also each model's description, and the entries CLIP-SR "
+            "cannot use.")] = False) -> None:
+        """List registered models: scale, text-guided or not, size, license, installed
+        (-q: names only)."""
+        from clipsr_cli.cli.console import configure
+        from clipsr_cli.hub import registry
 
-        from clipsr_cli.hub import registry, store
+        configure(verbose=verbose, quiet=quiet)
+        _print_models(list(registry.load_registry()), verbose=verbose, quiet=quiet)
 
-        reg = registry.load_registry()
-        table = Table(title=None, box=None, header_style="bold", pad_edge=False)
-        table.add_column("name", no_wrap=True)
-        table.add_column("kind", no_wrap=True)
-        table.add_column("scale", justify="right", no_wrap=True)
-        table.add_column("text", no_wrap=True)
-        table.add_column("size", justify="right", no_wrap=True)
-        table.add_column("license", overflow="fold")
-        table.add_column("installed", no_wrap=True)
-        for e in reg:
-            kind = e.kind if e.kind != "clip" else "CLIP" + ("" if e.usable
-                                                                       else " (unusable)")
-            text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
-            table.add_row(e.name, kind, f"x{e.scale}" if e.scale else "-", text,
-                          format_size(_size(e)), e.license,
-                          _status_label(e, store.install_status(e)))
-        Console(highlight=False).print(table)
+
+def _print_models(entries: list, *, verbose: bool, quiet: bool) -> None:
+    """The models table on stdout (``quiet``: one name per line). Without ``verbose`` an entry
+    CLIP-SR cannot use is left out and counted in a note on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from clipsr_cli.cli.console import info
+    from clipsr_cli.hub import store
+
+    hidden = [e.name for e in entries if not e.usable and not verbose]
+    shown = [e for e in entries if e.usable or verbose]
+    if quiet:
+        for e in shown:
+            typer.echo(e.name)
+        return
+    table = Table(title=None, box=None, header_style="bold", pad_edge=False)
+    for name, kw in (("name", {}), ("kind", {}), ("scale", {"justify": "right"}), ("text", {}),
+                     ("size", {"justify": "right"}), ("license", {}), ("installed", {})):
+        table.add_column(name, no_wrap=True, **kw)
+    if verbose:
+        table.add_column("description", overflow="fold")
+    for e in shown:
+        text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
+        row = [e.name, "CLIP" if e.kind == "clip" else e.kind,
+               f"x{e.scale}" if e.scale else "-", text, format_size(_size(e)), e.license,
+               _status_label(e, store.install_status(e))]
+        table.add_row(*row, *([e.description] if verbose else []))
+    Console(highlight=False, width=max(160, Console().width) if verbose else None).print(table)
+    if hidden:
+        info(f"not listed: {', '.join(hidden)} (registered, but not usable by CLIP-SR); -v lists "
+             "every entry")

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
             "the training degradation), pil-bicubic or lanczos (Pillow), to check that the "
             "model does not depend on one resizer.")] = "matlab",
         degrade: Annotated[Optional[list[str]], typer.Option(
-            "--degrade", help="How the LR file is made, as a user's file would be: clean "
+            "--degrade", metavar="CONDITION", help="How the LR file is made, as a user's file would be: clean "
             "(8-bit PNG), jpeg:Q (Pillow JPEG at quality Q, 4:2:0) or noise:S (Gaussian std S "
             "in 0-255 units, 8-bit PNG). Repeat it or give a comma list to score several "
             "conditions; bicubic starts from the same degraded LR.")] = None,

@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
             "(+ mild random blur, noise, JPEG) or practical (real-photo mix: blur, noise, JPEG 30-95 in "
             "random order).", show_default=False)] = None,
         sets: Annotated[Optional[List[str]], typer.Option(
-            "--set", help="Any setting as SECTION.KEY=VALUE (TOML value), e.g. "
+            "--set", metavar="SECTION.KEY=VALUE", help="Any setting as SECTION.KEY=VALUE (TOML "
+            "value), e.g. "
             "--set model.body_blocks=8 --set data.rot90=true. Repeatable.", show_default=False)] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
@@ -125,7 +126,7 @@ class _ProgressBar:
             from clipsr_cli.cli.console import err_console
 
             self._p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                               TextColumn("steps"), TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
                                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                                transient=False)
             self._p.__enter__()

@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from clipsr_cli.errors import InputError, ModelError
+from clipsr_cli.errors import InputError, ModelError, log
 from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef, Registered,
                                     clip_weights_file, resolve)
 from clipsr_cli.infer.devices import available_memory as _available_memory
@@ -275,6 +275,11 @@ class Upscaler(Engine):
             if count_tiles(plan) == 1 and count_tiles(tail_plan) == 1:
                 tail_plan = None  # nothing to split: the one forward pass
         total = count_tiles(plan) + (count_tiles(tail_plan) if tail_plan else 0)
+        n = count_tiles(plan)
+        log.debug("tiles: 1 (the whole image in one pass)" if total == 1 else
+                  f"tiles: {n} of {tile} LR px (overlap {ov})" if tail_plan is None else
+                  f"tiles: {n} of the LR part (overlap {ov} LR px) + {total - n} of the HR "
+                  f"tail (margin {self.info.tail_overlap} LR px)")
         done = 0
 
         def tick() -> None:

@@ -51,7 +51,22 @@ def load_upscaler(*, model: str | None, scale: int | None, device: str, precisio
         from clipsr_cli.infer.pipeline import Pipeline
 
         up = Pipeline.repeat(up, passes)
+    log.debug(describe_engine(up))
     return up
+
+
+def describe_engine(up) -> str:
+    """What ``-v`` shows once a model is loaded: model, scale, device, precision, tiling and
+    whether the degradation choice applies (the choice per image follows as it is made)."""
+    st = up.settings
+    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+        str(st.dtype).removeprefix("torch."), str(st.dtype))
+    tile = "auto (sized per image)" if st.tile == "auto" else (
+        "off" if st.tile == 0 else f"{st.tile} LR px")
+    blend = ("per image (see below)" if up.blendable else
+             "not used (the model has no degradation-aware weights)")
+    return (f"model {up.name}: ×{up.scale} on {st.device}, {precision}; tiles: {tile}, overlap "
+            f"{st.tile_overlap} LR px; degradation: {blend}")
 
 
 def text_guided_models(scale: int | None) -> list:
