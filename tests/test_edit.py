@@ -257,7 +257,8 @@ def test_an_image_only_model_is_refused_with_what_to_do(tmp_path, tiny_ckpt, mon
     r = _invoke(["edit", str(photo), "-t", V, "-m", str(tiny_ckpt(scale=8)), *ENGINE])
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
-    assert "not text-conditioned" in r.stderr and "clipsr train --clip ViT-B-32" in r.stderr
+    assert "not text-conditioned" in r.stderr and "clipsr train --data DIR --out RUN" in r.stderr
+    assert "docs/training.md" in r.stderr  # the hint upscale's warning gives too (issue #22)
     r = _invoke(["edit", str(photo), "-t", V, "-m", "clipsr-lite-x8", *ENGINE])  # refused unloaded
     assert r.exit_code == 1 and "clipsr-lite-x8 is not text-conditioned" in r.stderr
     r = _invoke(["edit", str(photo), "-t", V, *ENGINE])  # no -m: the image-only default

@@ -46,9 +46,12 @@ def register(app: typer.Typer) -> None:
         with name and time; the table of times (and scores with --ref) on stdout."""
         from clipsr_cli.cli.console import configure, info
         from clipsr_cli.infer.degradation import Degradation
+        from clipsr_cli.tasks.checks import parse_crop_spec
 
         configure(verbose=verbose, quiet=quiet)
         deg = Degradation(degradation, denoise)
+        if crop is not None:
+            parse_crop_spec(crop)  # before torch is imported
         from clipsr_cli.tasks.compare import compare
 
         if output is None:

@@ -66,9 +66,12 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from clipsr_cli.cli.console import configure, tile_progress
-        from clipsr_cli.tasks.edit import edit_file
+        from clipsr_cli.tasks.checks import check_edit
 
         configure(verbose=verbose, quiet=quiet)
+        check_edit(target_text=target_text, strength=strength, sweep=sweep, gif=gif)  # no torch
+        from clipsr_cli.tasks.edit import edit_file
+
         name = "<stdin>" if input == "-" else Path(input).name
         with tile_progress(f"edit {name}") as progress:
             result = edit_file(input=input, target_text=target_text, source_text=source_text,

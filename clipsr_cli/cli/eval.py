@@ -54,14 +54,17 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from clipsr_cli.cli.console import configure, info, tile_progress, warn
-        from clipsr_cli.data.lr_file import parse_degradations
         from clipsr_cli.infer.degradation import Degradation
+        from clipsr_cli.tasks.checks import check_eval
+
+        configure(verbose=verbose, quiet=quiet)
+        check_eval(resizer=resizer, text=text, captions=captions)  # before torch is imported
+        deg = Degradation(degradation, denoise)
+        from clipsr_cli.data.lr_file import parse_degradations
         from clipsr_cli.tasks.evaluate import check_report, evaluate, write_report
         from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
-        configure(verbose=verbose, quiet=quiet)
         conditions = parse_degradations(degrade)
-        deg = Degradation(degradation, denoise)
         check_options(scale=scale, device=device, precision=precision, tile=tile)
         if report:
             check_report(report, data=data, captions=captions)

@@ -9,6 +9,9 @@ Whether a device exists *here* (CUDA, MPS) is a different question, judged when 
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 from clipsr_cli.errors import UsageError
 from clipsr_cli.infer.values import check_device, check_precision, parse_tiling
 from clipsr_cli.io.formats import normalise_format
@@ -18,7 +21,11 @@ from clipsr_cli.tasks.outsize import OutputSize
 from clipsr_cli.tasks.sources import check_caption_options, parse_shard
 
 __all__ = ["check_values", "check_passes", "check_scale", "check_quality", "check_suffix",
-           "check_upscale", "check_batch"]
+           "check_upscale", "check_batch", "check_edit", "sweep_strengths", "parse_crop_spec",
+           "check_eval", "RESIZERS"]
+
+#: How ``eval`` makes the LR from an HR image.
+RESIZERS = ("matlab", "pil-bicubic", "lanczos")
 
 
 def check_scale(scale: int | None) -> int | None:
@@ -96,3 +103,52 @@ def check_batch(*, skip_existing: bool = False, overwrite: bool = False, io_thre
     check_caption_options(text=text, captions=captions, caption_sidecar=caption_sidecar)
     check_suffix(suffix)
     return size
+
+
+def sweep_strengths(n: int) -> list[float]:
+    """``n`` >= 2 strengths evenly spaced from 0 to 1 (both included)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise UsageError(f"`sweep` needs at least 2 steps, got {n}; e.g. `sweep=5`",
+                         param="sweep")
+    return [i / (n - 1) for i in range(n)]
+
+
+def check_edit(*, target_text: str | None, strength: float | None = None,
+               sweep: int | None = None, gif: bool = False) -> list[float]:
+    """``edit``'s options; the strengths to run (one, or a sweep from 0 to 1)."""
+    if not target_text or not target_text.strip():
+        raise UsageError("the target text (`target_text`) is empty; describe what the result "
+                         "should show", param="target_text")
+    if sweep is not None and strength is not None:
+        raise UsageError("`strength` and `sweep` exclude each other: a sweep runs A from 0 to 1",
+                         param="strength")
+    if gif and sweep is None:
+        raise UsageError("`gif` animates a sweep; add `sweep` (e.g. `sweep=5`)", param="gif")
+    if sweep is not None:
+        return sweep_strengths(sweep)
+    a = 1.0 if strength is None else float(strength)
+    if not math.isfinite(a):
+        raise UsageError(f"`strength` must be a finite number, got {a}", param="strength")
+    return [a]
+
+
+def parse_crop_spec(crop: str | Sequence[int]) -> tuple[int, int, int, int]:
+    """``"x,y,w,h"`` (or a 4-sequence) → four whole numbers (whether they fit the input is
+    judged once it is read)."""
+    try:
+        vals = [int(v) for v in (crop.split(",") if isinstance(crop, str) else crop)]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 4:
+        raise UsageError(f"`crop` must be x,y,w,h in input pixels (e.g. 10,20,64,64), not {crop!r}",
+                         param="crop")
+    x, y, w, h = vals
+    return x, y, w, h
+
+
+def check_eval(*, resizer: str = "matlab", text: str | None = None, captions=None) -> None:
+    if resizer not in RESIZERS:
+        raise UsageError(f"`resizer` must be one of {', '.join(RESIZERS)}, not {resizer!r}",
+                         param="resizer")
+    if text and captions:
+        raise UsageError("use either `text` or `captions`, not both", param="captions")

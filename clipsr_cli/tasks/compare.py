@@ -31,6 +31,7 @@ from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.io.images import read_image, write_image
 from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.quantise import quantise
+from clipsr_cli.tasks.checks import parse_crop_spec
 from clipsr_cli.tasks.upscale import check_text
 
 __all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose", "planned_scale",
@@ -129,14 +130,7 @@ def parse_crop(crop: str | Sequence[int] | None, size: tuple[int, int]) -> tuple
     """``"x,y,w,h"`` (or a 4-sequence) in input pixels, checked against the input ``size``."""
     if crop is None:
         return None
-    try:
-        vals = [int(v) for v in (crop.split(",") if isinstance(crop, str) else crop)]
-    except (TypeError, ValueError):
-        vals = []
-    if len(vals) != 4:
-        raise UsageError(f"`crop` must be x,y,w,h in input pixels (e.g. 10,20,64,64), not {crop!r}",
-                         param="crop")
-    x, y, w, h = vals
+    x, y, w, h = parse_crop_spec(crop)
     iw, ih = size
     if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > iw or y + h > ih:
         raise UsageError(f"`crop` {x},{y},{w},{h} is not inside the {iw}×{ih} input", param="crop")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError, ModelError, UsageError, log
 from clipsr_cli.io.outputs import write_bytes_atomic
+from clipsr_cli.tasks.checks import check_edit, sweep_strengths
 from clipsr_cli.tasks.edit_plan import EditPlan, plan_outputs
 from clipsr_cli.tasks.edit_render import GIF_FRAME_MS, compose_gif, compose_grid, to_uint8
 
@@ -65,14 +66,6 @@ __all__ += ["GIF_FRAME_MS", "LOW_CONSISTENCY_DB", "REPORT_VERSION"]
 
 
 # -- strengths and embeddings ---------------------------------------------------------------------
-def sweep_strengths(n: int) -> list[float]:
-    """``n`` >= 2 strengths evenly spaced from 0 to 1 (both included)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise UsageError(f"`sweep` needs at least 2 steps, got {n}; e.g. `sweep=5`",
-                         param="sweep")
-    return [i / (n - 1) for i in range(n)]
-
-
 def interpolate_embedding(source: torch.Tensor, target: torch.Tensor,
                           strength: float) -> torch.Tensor:
     """``normalise(source) + A·(normalise(target) − normalise(source))`` for (1, D) embeddings.
@@ -164,12 +157,6 @@ def require_text_model(model: str | None, scale: int | None) -> str:
     return model
 
 
-def _check_target(target_text: str | None) -> None:
-    if not target_text or not target_text.strip():
-        raise UsageError("the target text (`target_text`) is empty; describe what the result "
-                         "should show", param="target_text")
-
-
 # -- editing --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EditFrame:
@@ -193,7 +180,7 @@ def iter_edits(up, lr: torch.Tensor, *, target_text: str, source_text: str | Non
     the model's learned null embedding (no caption)."""
     if not up.info.text_conditioned:
         raise _refusal(up.name, up.scale)
-    _check_target(target_text)
+    check_edit(target_text=target_text)
     target = up.embed_text(target_text)
     if source_text:
         source = up.embed_text(source_text)
@@ -249,20 +236,6 @@ class EditResult:
                 "gif": str(self.plan.gif) if self.plan.gif else None}
 
 
-def _strengths(strength: float | None, sweep: int | None, gif: bool) -> list[float]:
-    if sweep is not None and strength is not None:
-        raise UsageError("`strength` and `sweep` exclude each other: a sweep runs A from 0 to 1",
-                         param="strength")
-    if gif and sweep is None:
-        raise UsageError("`gif` animates a sweep; add `sweep` (e.g. `sweep=5`)", param="gif")
-    if sweep is not None:
-        return sweep_strengths(sweep)
-    a = 1.0 if strength is None else float(strength)
-    if not math.isfinite(a):
-        raise UsageError(f"`strength` must be a finite number, got {a}", param="strength")
-    return [a]
-
-
 def edit_file(*, input: str, target_text: str, source_text: str | None = None,
               strength: float | None = None, sweep: int | None = None, grid: bool = False,
               gif: bool = False, scale: int | None = None, as_lr: bool = False,
@@ -284,8 +257,7 @@ def edit_file(*, input: str, target_text: str, source_text: str | None = None,
     from clipsr_cli.tasks.upscale import check_options, load_upscaler
 
     t0 = time.perf_counter()
-    _check_target(target_text)
-    strengths = _strengths(strength, sweep, gif)
+    strengths = check_edit(target_text=target_text, strength=strength, sweep=sweep, gif=gif)
     check_options(scale=scale, device=device, precision=precision, tile=tile,
                   tile_overlap=tile_overlap, format=format, quality=quality)
     if (sweep is not None or strength not in (None, 1.0)) and not source_text:

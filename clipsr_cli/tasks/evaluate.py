@@ -30,12 +30,12 @@ from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import DataError, InputError, UsageError
 from clipsr_cli.io.images import read_image
 from clipsr_cli.io.quantise import quantise
+from clipsr_cli.tasks.checks import RESIZERS, check_eval  # noqa: F401 (RESIZERS: API)
 
 REPORT_VERSION = 3  # 3: one entry per LR condition (`degrade`) under "conditions"
 CSV_FIELDS = ("degrade", "name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
               "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score",
               "smooth_fraction", "smooth_delta", "invented_texture")
-RESIZERS = ("matlab", "pil-bicubic", "lanczos")
 
 
 @dataclass(frozen=True)
@@ -155,11 +155,7 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
     """Score ``upscaler`` against bicubic on the HR images of ``data``, the LR made into a file
     as ``degrade`` says (``"clean"``, ``"jpeg:75"``, ``"noise:5"``)."""
     cond = FileDegradation.parse(degrade)
-    if resizer not in RESIZERS:
-        raise UsageError(f"`resizer` must be one of {', '.join(RESIZERS)}, not {resizer!r}",
-                         param="resizer")
-    if text and captions:
-        raise UsageError("use either `text` or `captions`, not both", param="captions")
+    check_eval(resizer=resizer, text=text, captions=captions)
     source = open_dataset(data, format, split=split)
     table = None
     if captions is not None:
