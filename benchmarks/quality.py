@@ -110,12 +110,13 @@ def clipsr_engine(spec: str, scale: int, device: str, precision: str):
     """``default`` (what `clipsr eval -s S` runs), or a model at ``scale`` (×4 models through the
     built-in pipelines' stages)."""
     from clipsr_cli.infer.engine import Upscaler
+    from clipsr_cli.infer.options import EngineOptions
     from clipsr_cli.infer.pipeline import Pipeline
     from clipsr_cli.tasks.upscale import load_upscaler
 
     if spec == "default":
-        return load_upscaler(model=None, scale=scale, device=device, precision=precision,
-                             tile="auto", tile_overlap=None)
+        return load_upscaler(model=None, scale=scale,
+                             options=EngineOptions(device=device, precision=precision))
     up = Upscaler.load(spec.replace("{s}", str(scale)), device=device, precision=precision)
     if up.scale == scale:
         return up

@@ -226,10 +226,12 @@ def test_existing_output_and_input_are_never_overwritten(tmp_path, tiny_ckpt):
 
 
 def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):
-    """A tile budget far below the image's needs must tile (many tiles), not crash."""
+    """A tile budget far below the image's needs must tile (many tiles), not crash: the memory
+    budget is a setting (EngineOptions.memory), not a patched measurement."""
     from clipsr_cli.infer import engine
+    from clipsr_cli.infer.options import EngineOptions
+    from clipsr_cli.tasks.upscale import upscale_file
 
-    monkeypatch.setattr(engine, "_available_memory", lambda device: 400 << 20)  # 400 MiB "free"
     src = _photo(tmp_path / "big.png", size=(96, 80))
     seen = []
     real = engine.plan_tiles
@@ -240,21 +242,22 @@ def test_image_too_large_for_memory_is_tiled(tmp_path, tiny_ckpt, monkeypatch):
         return plan
 
     monkeypatch.setattr(engine, "plan_tiles", spy)
-    monkeypatch.setattr(engine.Upscaler, "_tile_size", lambda self, h, w: 24)
-    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(4)), "-o", str(tmp_path / "o.png")])
-    assert r.exit_code == 0, r.output
+    upscale_file(input=str(src), model=str(tiny_ckpt(4)), output=str(tmp_path / "o.png"),
+                 options=EngineOptions(memory=1 << 20))  # 1 MiB "free"
     assert seen and seen[0] > 1
     assert Image.open(tmp_path / "o.png").size == (384, 320)
 
 
-def test_output_too_large_for_memory_is_a_clear_error(tmp_path, tiny_ckpt, monkeypatch):
-    from clipsr_cli.infer import base, engine
+def test_output_too_large_for_memory_is_a_clear_error(tmp_path, tiny_ckpt):
+    from clipsr_cli.errors import InputError
+    from clipsr_cli.infer.options import EngineOptions
+    from clipsr_cli.tasks.upscale import upscale_file
 
-    monkeypatch.setattr(engine, "_available_memory", lambda device: 1 << 20)  # 1 MiB
-    monkeypatch.setattr(base, "_available_memory", lambda device: 1 << 20)  # the output check
     src = _photo(tmp_path / "in.png", size=(64, 64))
-    r = runner.invoke(app, ["upscale", str(src), "-m", str(tiny_ckpt(16))])
-    _bad(r, "GiB", tmp_path, ["in.png"])
+    with pytest.raises(InputError, match=r"needs .* GiB of memory") as e:
+        upscale_file(input=str(src), model=str(tiny_ckpt(16)),
+                     options=EngineOptions(memory=1 << 20))  # 1 MiB "free"
+    assert "\n" not in str(e.value) and _files(tmp_path) == ["in.png"]  # nothing written
 
 
 def test_verbose_shows_traceback(tmp_path):

@@ -14,6 +14,7 @@ from clipsr_cli.data.degrade import imresize
 from clipsr_cli.data.metrics import psnr, ssim
 from clipsr_cli.errors import UsageError
 from clipsr_cli.infer.engine import Upscaler
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.images import read_image
 from clipsr_cli.tasks.compare import PANEL, auto_crop, compare, parse_crop
 
@@ -84,7 +85,7 @@ def test_compare_library_result_and_explicit_crop(tmp_path, compact_x4):
     lr, hr = _pair(tmp_path, size=(24, 20))
     seen = []
     res = compare(input=lr, models=["clipsr-lite-x4", str(compact_x4)], ref=hr, crop="2,3,8,6",
-                  device="cpu", precision="fp32", on_result=seen.append)
+                  options=EngineOptions(device="cpu", precision="fp32"), on_result=seen.append)
     assert [r.name for r in seen] == ["clipsr-lite-x4", str(compact_x4)] and res.output is None
     assert res.crop == (2, 3, 8, 6) and not res.crop_auto and res.scale == 4
     assert all(r.image.shape == (80, 96, 3) and r.seconds > 0 for r in res.runs)

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli.app import app
+from clipsr_cli.infer.options import EngineOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -113,7 +114,7 @@ def test_compare_labels_are_the_shortest_distinguishing_paths(tmp_path, tiny_ckp
         ckpts.append(tmp_path / run / "model.safetensors")
         ckpts[-1].write_bytes(tiny_ckpt(4).read_bytes())
     res = compare(input=str(_photo(tmp_path / "a.png")), models=[str(c) for c in ckpts],
-                  device="cpu")
+                  options=EngineOptions(device="cpu"))
     assert [r.label.split("\n")[0] for r in res.runs] == ["one/model.safetensors",
                                                          "two/model.safetensors"]
 

@@ -112,8 +112,8 @@ def test_auto_splits_on_the_cpu_and_keeps_the_untiled_result(monkeypatch):
     assert calls["whole"] == 0 and calls["lr"] == 1 and calls["tail"] == -(-96 // rows)
     assert torch.equal(a, b)
     # a budget too small for the whole forward but large enough for the LR part: one LR tile
-    monkeypatch.setattr(engine, "_available_memory",
-                        lambda device: 4 * 40 * 128 * m.bytes_per_lr_pixel(4))
+    up = Upscaler(m, device="cpu", precision="fp32",
+                  memory=int(4 * 40 * 128 * m.bytes_per_lr_pixel(4)))  # a setting, not a patch
     assert up._tile_size(96, 128) > 128
     calls.update(lr=0, tail=0, whole=0)
     assert torch.equal(up.upscale_tensor(lr), a) and calls["lr"] == 1 and calls["whole"] == 0

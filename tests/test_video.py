@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipsr_cli.cli.app import app
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.tasks.video import upscale_video
 
 runner = CliRunner()
@@ -105,8 +106,8 @@ def model(tmp_path_factory):
 def run(clip, out, model, **kw):
     kw.setdefault("segment_seconds", 0.2)
     kw.setdefault("preset", "ultrafast")  # the fastest x264: these tests are about the plumbing
-    return upscale_video(input=clip, output=out, model=model, device="cpu", precision="fp32",
-                         **kw)
+    return upscale_video(input=clip, output=out, model=model,
+                         options=EngineOptions(device="cpu", precision="fp32"), **kw)
 
 
 @pytest.fixture(scope="module")

@@ -96,17 +96,17 @@ def register(app: typer.Typer) -> None:
         from clipsr_cli.cli.batch_view import BatchView, print_summary
         from clipsr_cli.cli.console import cli_words, configure, err_console, state
         from clipsr_cli.cli.exits import EXIT_INTERRUPTED, EXIT_PARTIAL
-        from clipsr_cli.infer.degradation import Degradation
         from clipsr_cli.tasks.checks import check_batch
 
         configure(verbose=verbose, quiet=quiet)
-        deg = Degradation(degradation, denoise)
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   tile_overlap=tile_overlap, passes=passes,
+                                   batch_size=batch_size, degradation=degradation,
+                                   denoise=denoise)  # before torch is imported
         check_batch(skip_existing=skip_existing, overwrite=overwrite, io_threads=io_threads,
-                    batch_size=batch_size, shard=shard, text=text, captions=captions,
-                    caption_sidecar=caption_sidecar, suffix=suffix, passes=passes,
-                    outscale=outscale, width=width, height=height, scale=scale, device=device,
-                    precision=precision, tile=tile, tile_overlap=tile_overlap, format=format,
-                    quality=quality)  # before torch is imported
+                    shard=shard, text=text, captions=captions,
+                    caption_sidecar=caption_sidecar, suffix=suffix, outscale=outscale,
+                    width=width, height=height, scale=scale, format=format, quality=quality)
         from clipsr_cli.tasks.batch import run_batch, write_report
 
         view = BatchView(err_console, quiet=state.quiet, verbose=state.verbose)
@@ -116,9 +116,8 @@ def register(app: typer.Typer) -> None:
                 captions=captions, caption_sidecar=caption_sidecar, skip_existing=skip_existing,
                 overwrite=overwrite, fail_fast=not keep_going, shard=shard, format=format,
                 suffix=suffix, quality=quality, io_threads=io_threads, model=model, scale=scale,
-                device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                outscale=outscale, width=width, height=height, passes=passes,
-                batch_size=batch_size, degradation=deg, report=report, on_event=view)
+                options=options, outscale=outscale, width=width, height=height,
+                report=report, on_event=view)
         finally:
             view.close()
         print_summary(result, err_console)

@@ -45,11 +45,12 @@ def register(app: typer.Typer) -> None:
         """Compare models on one image: a grid of their outputs with a zoomed crop, labelled
         with name and time; the table of times (and scores with --ref) on stdout."""
         from clipsr_cli.cli.console import configure, info
-        from clipsr_cli.infer.degradation import Degradation
         from clipsr_cli.tasks.checks import parse_crop_spec
 
         configure(verbose=verbose, quiet=quiet)
-        deg = Degradation(degradation, denoise)
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   tile_overlap=tile_overlap, degradation=degradation,
+                                   denoise=denoise)
         if crop is not None:
             parse_crop_spec(crop)  # before torch is imported
         from clipsr_cli.tasks.compare import compare
@@ -63,8 +64,7 @@ def register(app: typer.Typer) -> None:
                  f"{run.load_seconds:.2f} s)")
 
         result = compare(input=input, models=models or [], text=text, ref=ref, crop=crop,
-                         output=output, overwrite=overwrite, device=device, precision=precision,
-                         tile=tile, tile_overlap=tile_overlap, degradation=deg, on_result=done)
+                         output=output, overwrite=overwrite, options=options, on_result=done)
         typer.echo(format_table(result))
         x, y, w, h = result.crop
         how = "chosen where the models differ most" if result.crop_auto else "as given"

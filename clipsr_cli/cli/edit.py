@@ -70,14 +70,15 @@ def register(app: typer.Typer) -> None:
 
         configure(verbose=verbose, quiet=quiet)
         check_edit(target_text=target_text, strength=strength, sweep=sweep, gif=gif)  # no torch
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   tile_overlap=tile_overlap)
         from clipsr_cli.tasks.edit import edit_file
 
         name = "<stdin>" if input == "-" else Path(input).name
         with tile_progress(f"edit {name}") as progress:
             result = edit_file(input=input, target_text=target_text, source_text=source_text,
                                strength=strength, sweep=sweep, grid=grid, gif=gif, scale=scale,
-                               as_lr=as_lr, model=model, device=device, precision=precision,
-                               tile=tile, tile_overlap=tile_overlap, output=output,
+                               as_lr=as_lr, model=model, options=options, output=output,
                                format=format, quality=quality, overwrite=overwrite,
                                overwrite_input=overwrite_input, report=report,
                                progress=progress)

@@ -54,22 +54,22 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from clipsr_cli.cli.console import configure, info, tile_progress, warn
-        from clipsr_cli.infer.degradation import Degradation
         from clipsr_cli.tasks.checks import check_eval
 
         configure(verbose=verbose, quiet=quiet)
         check_eval(resizer=resizer, text=text, captions=captions)  # before torch is imported
-        deg = Degradation(degradation, denoise)
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   degradation=degradation, denoise=denoise)
         from clipsr_cli.data.lr_file import parse_degradations
         from clipsr_cli.tasks.evaluate import check_report, evaluate, write_report
-        from clipsr_cli.tasks.upscale import check_options, load_upscaler
+        from clipsr_cli.tasks.upscale import check_device_here, check_values, load_upscaler
 
         conditions = parse_degradations(degrade)
-        check_options(scale=scale, device=device, precision=precision, tile=tile)
+        check_values(scale=scale)
+        check_device_here(options)
         if report:
             check_report(report, data=data, captions=captions)
-        up = load_upscaler(model=model, scale=scale, device=device, precision=precision,
-                           tile=tile, tile_overlap=None, degradation=deg)
+        up = load_upscaler(model=model, scale=scale, options=options)
         reports = []
         for cond in conditions:
             with tile_progress(f"eval ×{up.scale} {cond}") as progress:

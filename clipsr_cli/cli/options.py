@@ -92,3 +92,16 @@ Denoise = Annotated[Optional[float], typer.Option(
 Passes = Annotated[int, typer.Option(
     "--passes", metavar="N", help="Run the model N times (×s^N), e.g. --outscale 10 --passes 2 "
     "with a ×4 model: ×16, then resized down to ×10.", callback=checked(checks.check_passes))]
+
+
+def engine_options(*, device: str = "auto", precision: str = "auto", tile: str = "auto",
+                   tile_overlap: int | None = None, passes: int = 1, batch_size: int = 1,
+                   degradation: str = "auto", denoise: float | None = None):
+    """The command's one :class:`~clipsr_cli.infer.options.EngineOptions`, built from the shared
+    engine flags above and passed whole to the task (values checked here, without torch)."""
+    from clipsr_cli.infer.degradation import Degradation
+    from clipsr_cli.infer.options import EngineOptions
+
+    return EngineOptions(device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                         passes=passes, batch_size=batch_size,
+                         degradation=Degradation(degradation, denoise))

@@ -40,19 +40,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Upscale one image 4x, 8x or 16x, optionally guided by a caption."""
         from clipsr_cli.cli.console import configure, tile_progress
-        from clipsr_cli.infer.degradation import Degradation
-
         configure(verbose=verbose, quiet=quiet)
-        deg = Degradation(degradation, denoise)  # a bad value: exit 2 before torch is imported
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   tile_overlap=tile_overlap, passes=passes,
+                                   degradation=degradation,
+                                   denoise=denoise)  # a bad value: exit 2 before torch
         from clipsr_cli.tasks.upscale import upscale_file
 
         name = "<stdin>" if input == "-" else Path(input).name
         with tile_progress(f"upscale {name}") as progress:
             dest = upscale_file(input=input, output=output, scale=scale, text=text, model=model,
-                                device=device, precision=precision, tile=tile,
-                                tile_overlap=tile_overlap, format=format, quality=quality,
+                                options=options, format=format, quality=quality,
                                 overwrite=overwrite, overwrite_input=overwrite_input,
                                 suffix=suffix, outscale=outscale, width=width, height=height,
-                                passes=passes, degradation=deg, progress=progress)
+                                progress=progress)
         if dest is not None:
             typer.echo(str(dest))  # the result, on stdout

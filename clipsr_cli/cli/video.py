@@ -130,20 +130,18 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from clipsr_cli.cli.console import configure, err_console, state
-        from clipsr_cli.infer.degradation import Degradation
-
         configure(verbose=verbose, quiet=quiet)
-        deg = Degradation(degradation, denoise)  # a bad value: exit 2 before torch is imported
+        options = o.engine_options(device=device, precision=precision, tile=tile,
+                                   tile_overlap=tile_overlap, passes=passes,
+                                   batch_size=batch_size, degradation=degradation,
+                                   denoise=denoise)  # a bad value: exit 2 before torch
         from clipsr_cli.tasks.video import upscale_video, write_video_report
 
         view = _ProgressView(err_console, quiet=state.quiet, name=Path(input).name)
         try:
             result = upscale_video(
                 input=input, output=output, scale=scale, model=model, text=text,
-                outscale=outscale, width=width, height=height, passes=passes,
-                degradation=deg, device=device,
-                precision=precision, tile=tile, tile_overlap=tile_overlap,
-                batch_size=batch_size, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt,
+                outscale=outscale, width=width, height=height, options=options, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt,
                 shard=shard, join=join, work_dir=work_dir, segment_seconds=segment_seconds,
                 overwrite=overwrite, keep_parts=keep_parts, progress=view)
         finally:

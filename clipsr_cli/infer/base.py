@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from clipsr_cli.errors import InputError
 from clipsr_cli.infer.degradation import Degradation, Strength, choose_strength
 from clipsr_cli.infer.devices import available_memory as _available_memory
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io import images as imageio
 from clipsr_cli.io.images import LoadedImage
 from clipsr_cli.io.quantise import levels, quantise
@@ -39,6 +40,7 @@ class Engine:
     degradation-aware weights (``blendable``) use it."""
 
     scale: int
+    options: EngineOptions
     degradation: Degradation = Degradation()
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
@@ -84,7 +86,7 @@ class Engine:
         h, w = lr.shape[-2:]
         h, w = int(h), int(w)
         need = h * w * self.scale ** 2 * 3 * (2 if bit_depth == 16 else 1)
-        avail = _available_memory(torch.device("cpu"))
+        avail = self.options.memory or _available_memory(torch.device("cpu"))
         if need > 0.8 * avail:
             raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
                              f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "

@@ -36,8 +36,9 @@ from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef,
                                     clip_weights_file, resolve)
 from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
-from clipsr_cli.infer.degradation import Degradation, WeightBlend, partner_weights
+from clipsr_cli.infer.degradation import WeightBlend, partner_weights
 from clipsr_cli.infer.devices import resolve_device, resolve_precision, supported_dtype
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.infer.pipeline import Pipeline
 from clipsr_cli.infer.values import parse_tiling
 from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, plan_tiles, run_plan,
@@ -76,24 +77,24 @@ class Upscaler(Engine):
     >>> big = up.upscale(PIL.Image.open("in.png"), text="a red bird")
     """
 
-    def __init__(self, model, *, device: str | torch.device = "auto", precision: Precision = "auto",
-                 tile: int | str = "auto", tile_overlap: int | None = None, name: str | None = None,
-                 degradation: Degradation = Degradation(),
-                 degraded_state: dict[str, torch.Tensor] | None = None):
-        dev = resolve_device(device)
-        dtype = resolve_precision(precision, dev)
+    def __init__(self, model, options: EngineOptions | None = None, *, name: str | None = None,
+                 degraded_state: dict[str, torch.Tensor] | None = None, **option_values):
+        """``model`` run as ``options`` say (or as ``option_values``, the fields of
+        :class:`EngineOptions`, e.g. ``device="cpu", tile=0``)."""
+        options = _options(options, option_values)
+        dev = resolve_device(options.device)
+        self.options = options
         self.model = model.to(dev).eval()
         if dev.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name = name or "model"
         info = self.model.info
-        dtype = supported_dtype(info.precisions, dtype, precision, self.name)
-        if tile_overlap is None:
-            tile_overlap = info.tile_overlap
-        tile, tile_overlap = parse_tiling(tile, tile_overlap)
-        self.settings = EngineSettings(dev, dtype, tile, tile_overlap)
+        dtype = supported_dtype(info.precisions, resolve_precision(options.precision, dev),
+                                options.precision, self.name)
+        overlap = info.tile_overlap if options.tile_overlap is None else options.tile_overlap
+        self.settings = EngineSettings(dev, dtype, options.tile, overlap)
         self._text_cache: dict[str, torch.Tensor] = {}
-        self.degradation = degradation
+        self.degradation = options.degradation
         self._blend = None
         if degraded_state is not None:  # the clean weights are the model's own, as loaded
             clean = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -110,31 +111,32 @@ class Upscaler(Engine):
             self._blend.apply(strength)
 
     @classmethod
-    def load(cls, model: str | os.PathLike | ModelRef | None = None, *, scale: int | None = None,
-             device: str | torch.device = "auto", precision: Precision = "auto",
-             tile: int | str = "auto", tile_overlap: int | None = None,
-             degradation: Degradation = Degradation()) -> "Upscaler":
+    def load(cls, model: str | os.PathLike | ModelRef | None = None,
+             options: EngineOptions | None = None, *, scale: int | None = None,
+             **option_values) -> "Engine":
         """Load a registered model name, a clipsr ``.safetensors`` checkpoint path, or a
         third-party SR checkpoint (``.pth``/``.safetensors`` of an architecture spandrel knows,
-        see :mod:`clipsr_cli.model.foreign`).
+        see :mod:`clipsr_cli.model.foreign`), or a :data:`~clipsr_cli.hub.resolve.ModelRef`.
 
-        With ``model=None`` the built-in default for ``scale`` is used. ``degradation``: how
-        degraded inputs are treated, for models with degradation-aware weights (the registry's
-        ``degradation_model``; see :mod:`clipsr_cli.infer.degradation`).
+        With ``model=None`` the built-in default for ``scale`` is used. ``options`` (or
+        ``option_values``, its fields: ``device="cpu"``, ``tile=0``, ...) say how it runs,
+        ``passes`` included (then a :class:`Pipeline` of the model run that many times).
         """
-        dev = resolve_device(device)
-        resolve_precision(precision, dev)  # fail fast on a bad precision before loading anything
+        options = _options(options, option_values)
+        dev = resolve_device(options.device)
+        resolve_precision(options.precision, dev)  # a bad precision fails before any loading
         ref = resolve(model, scale=scale)
+        once = options.replace(passes=1)
         if isinstance(ref, PipelineRef):  # e.g. the built-in ×16: the ×4 network twice
-            return _load_pipeline(cls, ref, scale=scale, device=dev, precision=precision,
-                                  tile=tile, tile_overlap=tile_overlap, degradation=degradation)
-        net = _load_network(ref, dev)
-        if scale is not None and net.info.scale != scale:
-            raise ModelError(f"model {ref.name} upscales ×{net.info.scale}, not ×{scale}; drop "
-                             f"`scale` or pick a ×{scale} model (see 'clipsr models')")
-        degraded = partner_weights(ref.name, net, degradation)
-        return cls(net, device=dev, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                   name=ref.name, degradation=degradation, degraded_state=degraded)
+            up = _load_pipeline(cls, ref, once, scale=scale)
+        else:
+            net = _load_network(ref, dev)
+            if scale is not None and net.info.scale != scale:
+                raise ModelError(f"model {ref.name} upscales ×{net.info.scale}, not ×{scale}; "
+                                 f"drop `scale` or pick a ×{scale} model (see 'clipsr models')")
+            degraded = partner_weights(ref.name, net, options.degradation)
+            up = cls(net, once, name=ref.name, degraded_state=degraded)
+        return Pipeline.repeat(up, options.passes)
 
     # -- description -----------------------------------------------------------------------------
     @property
@@ -186,7 +188,8 @@ class Upscaler(Engine):
         """Bytes of activations one tile may use, and the activation element size."""
         dev = self.settings.device
         elem = 2 if self.settings.dtype != torch.float32 else 4
-        budget = _available_memory(dev) * (0.5 if dev.type == "cuda" else 0.25)
+        free = self.options.memory or _available_memory(dev)
+        budget = free * (0.5 if dev.type == "cuda" else 0.25)
         # CPU: 1 GiB of activations keeps a 192-megapixel ×8 job under 3 GiB RSS (measured)
         return min(budget, (1.0 if dev.type == "cpu" else 16) * (1 << 30)), elem
 
@@ -334,7 +337,14 @@ def _load_network(ref: ModelRef, device: torch.device) -> torch.nn.Module:
     return load_checkpoint(ref.path, clip=load_clip_backbone, device=device)
 
 
-def _load_pipeline(cls, ref: PipelineRef, *, scale: int | None, **engine) -> Pipeline:
+def _options(options: EngineOptions | None, values: dict) -> EngineOptions:
+    if options is not None and values:
+        raise TypeError(f"pass either `options` or its fields ({', '.join(values)}), not both")
+    return options if options is not None else EngineOptions(**values)
+
+
+def _load_pipeline(cls, ref: PipelineRef, options: EngineOptions, *,
+                   scale: int | None) -> Pipeline:
     """A registered pipeline: each model stage loaded once (stages naming the same model share
     it), ``bicubic:N`` steps as resize factors; the scales must multiply to the entry's."""
     loaded: dict[str, Upscaler] = {}
@@ -344,7 +354,7 @@ def _load_pipeline(cls, ref: PipelineRef, *, scale: int | None, **engine) -> Pip
             stages.append(stage)
             continue
         if stage.name not in loaded:
-            loaded[stage.name] = cls.load(stage, **engine)
+            loaded[stage.name] = cls.load(stage, options)
         stages.append(loaded[stage.name])
     entry = ref.entry
     pipe = Pipeline(stages, name=entry.name)

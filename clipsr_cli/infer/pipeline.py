@@ -49,7 +49,7 @@ class Pipeline(Engine):
         first = self._nets[0]
         self.model = first.model  # the first model: text embedding, CLIP, null text
         self.settings = first.settings
-        self._text_cache = first._text_cache
+        self.options = first.options
         self._info = _combined_info(stages)
 
     @classmethod

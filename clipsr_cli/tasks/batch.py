@@ -28,6 +28,7 @@ from typing import Mapping, Sequence, TextIO
 
 from clipsr_cli.errors import InputError, OutputExistsError, UsageError, log
 from clipsr_cli.infer.degradation import Strength
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.atomic import remove_stale_temporaries
 from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.tasks.batch_plan import Job, check_report, checkpoint_scale, plan, plan_jobs
@@ -290,11 +291,10 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
               skip_existing: bool = False, overwrite: bool = False, fail_fast: bool = False,
               shard: str | tuple[int, int] | None = None, format: str | None = None,
               suffix: str | None = None, quality: int = 95, io_threads: int = 2,
-              model: str | None = None, scale: int | None = None, device: str = "auto",
-              precision: str = "auto", tile: str | int = "auto", tile_overlap: int | None = None,
-              outscale: float | None = None, width: int | None = None,
-              height: int | None = None, passes: int = 1, batch_size: int = 1,
-              degradation=None, report: str | os.PathLike | None = None,
+              model: str | None = None, scale: int | None = None,
+              options: EngineOptions | None = None, outscale: float | None = None,
+              width: int | None = None, height: int | None = None,
+              report: str | os.PathLike | None = None,
               upscaler=None, stdin: TextIO | None = None, env: Mapping[str, str] | None = None,
               on_event: EventFn | None = None) -> BatchResult:
     """Upscale every image of ``inputs`` into ``output_dir``; never raises for one bad file.
@@ -306,28 +306,29 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
     values that can never work, InputError / DataError / ModelError for problems of the whole
     run (a missing input argument, a bad caption file, a model that cannot load).
 
-    ``outscale`` / ``width`` / ``height``: any output size (:mod:`clipsr_cli.tasks.outsize`);
-    ``passes``: the model runs that many times; ``batch_size``: same-size images per forward
-    pass. ``shard='auto'`` (the default when ``WORLD_SIZE`` > 1) and ``device='auto'`` with
+    ``options``: how the model runs (:class:`EngineOptions`; its ``passes``: the model runs that
+    many times; ``batch_size``: same-size images per forward pass). ``outscale`` / ``width`` /
+    ``height``: any output size (:mod:`clipsr_cli.tasks.outsize`).
+    ``shard='auto'`` (the default when ``WORLD_SIZE`` > 1) and ``device='auto'`` with
     ``LOCAL_RANK`` read ``env`` (default: the process environment), see
     :func:`~clipsr_cli.tasks.sources.shard_from_env` and
     :func:`~clipsr_cli.tasks.sources.local_device`.
     """
-    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_text, load_upscaler
+    from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_device_here, check_text, load_upscaler
 
     emit = on_event or (lambda event: None)
     size = check_batch(skip_existing=skip_existing, overwrite=overwrite, io_threads=io_threads,
-                       batch_size=batch_size, shard=shard, text=text, captions=captions,
-                       caption_sidecar=caption_sidecar, suffix=suffix, passes=passes,
-                       outscale=outscale, width=width, height=height, scale=scale,
-                       device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, format=format, quality=quality)
-    check_options(scale=scale, device=device, precision=precision)  # the device exists here
+                       shard=shard, text=text, captions=captions,
+                       caption_sidecar=caption_sidecar, suffix=suffix, outscale=outscale,
+                       width=width, height=height, scale=scale, format=format, quality=quality)
+    options = options or EngineOptions()
+    passes, batch_size = options.passes, options.batch_size
+    check_device_here(options)
     if suffix is None and size is not None:
         suffix = size.suffix
     env = os.environ if env is None else env
     shard = resolve_shard(shard, env)
-    device = _process_device(device, env)
+    options = options.replace(device=_process_device(options.device, env))
     if suffix is not None:
         output_path_for("x.png", 1, suffix=suffix)  # a bad suffix fails before any work
     out = Path(output_dir).expanduser()
@@ -340,8 +341,7 @@ def run_batch(*, inputs: Sequence[str], output_dir: str | os.PathLike, recursive
                         for m in found.missing)
 
     def load():
-        return load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                             tile_overlap=tile_overlap, passes=passes, degradation=degradation)
+        return load_upscaler(model=model, scale=scale, options=options)
 
     up = upscaler
     if up is not None and passes > 1:

@@ -28,6 +28,7 @@ from clipsr_cli.data.metrics import psnr, rgb_to_y, ssim
 from clipsr_cli.errors import InputError, UsageError, log
 from clipsr_cli.hub.resolve import ModelRef, known_scale, resolve
 from clipsr_cli.infer.engine import Upscaler
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.images import read_image, write_image
 from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.quantise import quantise
@@ -152,10 +153,10 @@ def auto_crop(images: Sequence[np.ndarray], scale: int, size: tuple[int, int]) -
     return idx % cols, idx // cols, side, side
 
 
-def _run(name: str, ref: ModelRef, image, text: str | None, *, settings: dict,
+def _run(name: str, ref: ModelRef, image, text: str | None, *, options: EngineOptions,
          title: str = "") -> tuple[ModelRun, torch.Tensor]:
     t0 = time.perf_counter()
-    up = Upscaler.load(ref, **settings)
+    up = Upscaler.load(ref, options)
     loaded = time.perf_counter() - t0
     use_text = bool(text) and up.info.text_conditioned
     if text and not use_text:
@@ -189,8 +190,7 @@ def _scored(run: ModelRun, sr: torch.Tensor, hr: torch.Tensor | None) -> ModelRu
 def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None = None,
             ref: str | os.PathLike | None = None, crop: str | Sequence[int] | None = None,
             output: str | os.PathLike | None = None, overwrite: bool = False,
-            device: str = "auto", precision: str = "auto", tile: str | int = "auto",
-            tile_overlap: int | None = None, degradation=None,
+            options: EngineOptions | None = None,
             on_result: Callable[[ModelRun], None] | None = None) -> Comparison:
     """Upscale ``input`` with each of ``models`` (all of one scale) and compose the grid.
 
@@ -217,12 +217,10 @@ def compare(*, input: str | os.PathLike, models: Sequence[str], text: str | None
     hr = None
     if ref is not None:
         hr = read_image(ref).rgb
-    settings = dict(device=device, precision=precision, tile=tile, tile_overlap=tile_overlap)
-    if degradation is not None:
-        settings["degradation"] = degradation
+    options = options or EngineOptions()
     runs: list[ModelRun] = []
     for name, model_ref, title in zip(models, refs, titles):
-        run, sr = _run(name, model_ref, image, text, settings=settings, title=title)
+        run, sr = _run(name, model_ref, image, text, options=options, title=title)
         if runs and run.scale != runs[0].scale:
             raise UsageError(f"`models` must all upscale by one factor: {runs[0].name} is "
                              f"×{runs[0].scale}, {name} is ×{run.scale}", param="models")

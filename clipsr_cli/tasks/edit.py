@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError, ModelError, UsageError, log
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.outputs import write_bytes_atomic
 from clipsr_cli.tasks.checks import check_edit, sweep_strengths
 from clipsr_cli.tasks.edit_plan import EditPlan, plan_outputs
@@ -239,8 +240,7 @@ class EditResult:
 def edit_file(*, input: str, target_text: str, source_text: str | None = None,
               strength: float | None = None, sweep: int | None = None, grid: bool = False,
               gif: bool = False, scale: int | None = None, as_lr: bool = False,
-              model: str | None = None, device: str = "auto", precision: str = "auto",
-              tile: str | int = "auto", tile_overlap: int | None = None,
+              model: str | None = None, options: EngineOptions | None = None,
               output: str | None = None, format: str | None = None, quality: int = 95,
               overwrite: bool = False, overwrite_input: bool = False, report: str | None = None,
               progress: Callable[[int, int], None] | None = None) -> EditResult:
@@ -254,12 +254,13 @@ def edit_file(*, input: str, target_text: str, source_text: str | None = None,
     from clipsr_cli.infer.engine import upscale_alpha
     from clipsr_cli.io import images as imageio
     from clipsr_cli.io.reports import write_json
-    from clipsr_cli.tasks.upscale import check_options, load_upscaler
+    from clipsr_cli.tasks.upscale import check_device_here, check_values, load_upscaler
 
     t0 = time.perf_counter()
     strengths = check_edit(target_text=target_text, strength=strength, sweep=sweep, gif=gif)
-    check_options(scale=scale, device=device, precision=precision, tile=tile,
-                  tile_overlap=tile_overlap, format=format, quality=quality)
+    options = options or EngineOptions()
+    check_values(scale=scale, format=format, quality=quality)
+    check_device_here(options)
     if (sweep is not None or strength not in (None, 1.0)) and not source_text:
         log.info("no `source_text`: A = 0 is the model's null text (no caption)")
     plan = plan_outputs(input, output, len(strengths), format=format, grid=grid, gif=gif,
@@ -267,8 +268,7 @@ def edit_file(*, input: str, target_text: str, source_text: str | None = None,
     replace = overwrite or overwrite_input
     image = imageio.read_image(input)  # fail on a bad input before loading any model
     name = require_text_model(model, scale)
-    up = load_upscaler(model=name, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap)
+    up = load_upscaler(model=name, scale=scale, options=options)
     if not up.info.text_conditioned:
         raise _refusal(name, scale)
     s = up.scale

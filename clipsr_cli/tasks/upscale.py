@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable
 
 from clipsr_cli.errors import InputError, UsageError, log
-from clipsr_cli.infer.degradation import Degradation
+from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.outputs import resolve_destination, same_file
 from clipsr_cli.tasks.checks import check_passes, check_upscale, check_values
 
 __all__ = ["DEFAULT_SCALE", "check_options", "check_passes", "check_values", "check_text",
-           "load_upscaler", "resolve_output", "text_guided_models", "text_model_hint",
+           "check_device_here", "load_upscaler", "resolve_output", "text_guided_models", "text_model_hint",
            "upscale_file"]
 
 DEFAULT_SCALE = 4
@@ -29,28 +29,27 @@ def check_options(*, scale: int | None = None, device: str = "auto", precision: 
                   format: str | None = None, quality: int = 95) -> None:
     """:func:`check_values`, then whether the device and precision exist here (DeviceError),
     before any file is read or model loaded, so nothing else is printed first."""
-    from clipsr_cli.infer.devices import resolve_device, resolve_precision
-
     check_values(scale=scale, device=device, precision=precision, tile=tile,
                  tile_overlap=tile_overlap, format=format, quality=quality)
-    resolve_precision(precision, resolve_device(device))
+    check_device_here(EngineOptions(device=device, precision=precision))
 
 
-def load_upscaler(*, model: str | None, scale: int | None, device: str, precision: str,
-                  tile: str | int, tile_overlap: int | None, passes: int = 1,
-                  degradation: Degradation | None = None):
-    """Resolve model/scale defaults and load the engine once (run ``passes`` times: ×s^passes);
-    ``degradation``: how degraded inputs are treated (default: auto, decided per image)."""
+def check_device_here(options: EngineOptions) -> None:
+    """Whether ``options``' device and precision exist on this machine (DeviceError, or
+    UsageError for a precision the device cannot run), before any file is read."""
+    from clipsr_cli.infer.devices import resolve_device, resolve_precision
+
+    resolve_precision(options.precision, resolve_device(options.device))
+
+
+def load_upscaler(*, model: str | None, scale: int | None, options: EngineOptions | None = None):
+    """Resolve model/scale defaults and load the engine once, as ``options`` say (``passes``:
+    ×s^passes; ``degradation``: how degraded inputs are treated)."""
     from clipsr_cli.infer.engine import Upscaler
 
     if model is None and scale is None:
         scale = DEFAULT_SCALE
-    up = Upscaler.load(model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, degradation=degradation or Degradation())
-    if check_passes(passes) > 1:
-        from clipsr_cli.infer.pipeline import Pipeline
-
-        up = Pipeline.repeat(up, passes)
+    up = Upscaler.load(model, options or EngineOptions(), scale=scale)
     log.debug(describe_engine(up))
     return up
 
@@ -107,28 +106,26 @@ def resolve_output(input: str, output: str | None, scale: int, *, format: str | 
 
 
 def upscale_file(*, input: str, output: str | None = None, scale: int | None = None,
-                 text: str | None = None, model: str | None = None, device: str = "auto",
-                 precision: str = "auto", tile: str | int = "auto",
-                 tile_overlap: int | None = None, format: str | None = None, quality: int = 95,
-                 overwrite: bool = False, overwrite_input: bool = False,
+                 text: str | None = None, model: str | None = None,
+                 options: EngineOptions | None = None, format: str | None = None,
+                 quality: int = 95, overwrite: bool = False, overwrite_input: bool = False,
                  suffix: str | None = None, outscale: float | None = None,
-                 width: int | None = None, height: int | None = None, passes: int = 1,
-                 degradation: Degradation | None = None,
+                 width: int | None = None, height: int | None = None,
                  progress: Progress | None = None) -> Path | None:
     """Read ``input``, upscale it, write the result atomically; return the path (None: stdout).
 
-    ``suffix`` replaces ``_x<s>`` in the default output name; ``progress(done, total)`` hears
-    about tiles. ``outscale`` / ``width`` / ``height``: any output size (the model's result
-    resized, see :mod:`clipsr_cli.tasks.outsize`); ``passes``: run the model that many times."""
+    ``options``: how the model runs (:class:`EngineOptions`: device, precision, tiling,
+    ``passes``, degradation). ``suffix`` replaces ``_x<s>`` in the default output name;
+    ``progress(done, total)`` hears about tiles. ``outscale`` / ``width`` / ``height``: any
+    output size (the model's result resized, see :mod:`clipsr_cli.tasks.outsize`)."""
     t0 = time.perf_counter()
-    size = check_upscale(scale=scale, device=device, precision=precision, tile=tile,
-                         tile_overlap=tile_overlap, format=format, quality=quality,
-                         suffix=suffix, passes=passes, outscale=outscale, width=width,
-                         height=height)  # before torch is imported
+    options = options or EngineOptions()
+    size = check_upscale(scale=scale, format=format, quality=quality, suffix=suffix,
+                         outscale=outscale, width=width, height=height)  # before torch
     from clipsr_cli.io import images as imageio
     from clipsr_cli.tasks.outsize import beyond_note, resize_output
 
-    check_options(scale=scale, device=device, precision=precision)  # the device exists here
+    check_device_here(options)
     if suffix is None and size is not None:
         suffix = size.suffix
     image = imageio.read_image(input)  # fail on a bad input before loading any model
@@ -137,8 +134,7 @@ def upscale_file(*, input: str, output: str | None = None, scale: int | None = N
         target = size.target(w, h, name=image.source) if size is not None else None
     except InputError as e:  # both `width` and `height`, another shape: the options conflict
         raise UsageError(str(e), param="height") from None
-    up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, passes=passes, degradation=degradation)
+    up = load_upscaler(model=model, scale=scale, options=options)
     dest = resolve_output(input, output, up.scale, format=format, overwrite=overwrite,
                           overwrite_input=overwrite_input, suffix=suffix)
     replace = overwrite or (dest is not None and input != "-" and same_file(dest, input))

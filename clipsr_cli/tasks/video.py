@@ -32,8 +32,9 @@ from clipsr_cli.io.video_write import CONTAINERS, EncoderChoice, check_copyable,
 from clipsr_cli.io.video_write import legal_size
 from clipsr_cli.tasks.outsize import OutputSize, beyond_note
 from clipsr_cli.tasks.sources import resolve_shard
-from clipsr_cli.tasks.checks import check_passes, check_values
-from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_options, check_text
+from clipsr_cli.infer.options import EngineOptions
+from clipsr_cli.tasks.checks import check_values
+from clipsr_cli.tasks.upscale import DEFAULT_SCALE, check_device_here, check_text
 from clipsr_cli.tasks.upscale import load_upscaler
 from clipsr_cli.tasks import video_run
 from clipsr_cli.tasks.video_plan import (PlanMismatch, Segment, WorkFolder, plan_document,
@@ -154,10 +155,7 @@ def decide_settings(*, index, up, text: str | None, target: tuple[int, int],
 def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None = None,
                   scale: int | None = None, model: str | None = None, text: str | None = None,
                   outscale: float | None = None, width: int | None = None,
-                  height: int | None = None, passes: int = 1, degradation=None,
-                  device: str = "auto",
-                  precision: str = "auto", tile: str | int = "auto",
-                  tile_overlap: int | None = None, batch_size: int = 1,
+                  height: int | None = None, options: EngineOptions | None = None,
                   codec: str | None = None, crf: int | None = None, preset: str | None = None,
                   pix_fmt: str | None = None, shard: str | tuple[int, int] | None = None,
                   join: bool = False, work_dir: str | os.PathLike | None = None,
@@ -171,16 +169,13 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     the settings the segments were made with (the model and encoder options are not needed).
     ``work_dir``: where segments wait (default ``OUTPUT.parts``; shared storage for shards);
     removed after the join unless ``keep_parts``. Running the same call again resumes.
-    ``degradation`` (a :class:`~clipsr_cli.infer.degradation.Degradation`): its strength is
+    ``options``: how the model runs (:class:`EngineOptions`); its ``degradation`` strength is
     decided once, from the first frames, for the whole video."""
     t0 = time.perf_counter()
     # values that can never work: refused before torch loads (tasks.checks), then the device
-    check_values(scale=scale, device=device, precision=precision, tile=tile,
-                 tile_overlap=tile_overlap)
-    check_passes(passes)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
-                         param="batch_size")
+    check_values(scale=scale)
+    options = options or EngineOptions()
+    passes, batch_size = options.passes, options.batch_size
     if isinstance(segment_seconds, bool) or not isinstance(segment_seconds, (int, float)) \
             or not 0 < segment_seconds < float("inf"):
         raise UsageError(f"`segment_seconds` must be > 0, not {segment_seconds!r}",
@@ -194,8 +189,7 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     dest0 = Path(output).expanduser() if output is not None else default_output(
         src, known_scale or DEFAULT_SCALE, size.suffix if size else None)
     choice = choose_encoder(output=dest0, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-    check_options(scale=scale, device=device, precision=precision, tile=tile,
-                  tile_overlap=tile_overlap)
+    check_device_here(options)
     if output is not None:  # an existing output fails before any work
         check_destination(dest0, source=src, overwrite=overwrite)
     if join:
@@ -211,8 +205,7 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
 
     index = probe(src, check_size=header_check)
     check_copyable(src, [s.index for s in index.streams], choice.container)
-    up = load_upscaler(model=model, scale=scale, device=device, precision=precision, tile=tile,
-                       tile_overlap=tile_overlap, passes=passes, degradation=degradation)
+    up = load_upscaler(model=model, scale=scale, options=options)
     check_text(up, text)
     dest = Path(output).expanduser() if output is not None else default_output(
         src, up.scale, size.suffix if size else None)
