@@ -24,12 +24,26 @@ CLIPSR = f"{sys.executable} -m clipsr_cli"
 pytestmark = pytest.mark.slow
 
 
-def _images(folder: Path, n: int) -> Path:
+def _images(folder: Path, n: int, side: int = 64) -> Path:
+    """Enough work that the run is still going when the signal lands, even on a loaded machine
+    (a run that finished first would make the loop go on for the wrong reason)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+            folder / f"im{i:02d}.png")
     return folder
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """stderr of a signalled process (group); one that does not end is killed and reported."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        raise AssertionError(f"still running {timeout} s after the signal: {err.decode()}")
+    return err.decode()
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -62,8 +76,7 @@ def test_ctrl_c_stops_a_shell_loop_of_clipsr_runs(tmp_path, tiny_ckpt):
     proc = _start(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = _first_line(proc)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    _, err = proc.communicate(timeout=120)
-    err = err.decode()
+    err = _finish(proc)
     assert first, err
     assert proc.returncode == -signal.SIGINT, err
     assert "run 1" in err and "interrupted" in err
@@ -83,8 +96,7 @@ def test_sigterm_cleans_up_then_ends_killed_by_sigterm(tmp_path, tiny_ckpt):
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = _first_line(proc)
     os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    err = err.decode()
+    err = _finish(proc)
     assert first, err
     assert proc.returncode == -signal.SIGTERM, err
     assert "interrupted" in err and "Traceback" not in err
