@@ -86,7 +86,8 @@ def test_noise_estimate_tracks_the_added_noise():
 def test_noise_estimate_of_tiny_and_flat_images():
     assert estimate_noise(torch.rand(1, 3, 1, 1)) is None
     assert estimate_noise(torch.rand(1, 3, 2, 40)) is None
-    assert estimate_noise(torch.full((1, 3, 64, 64), 0.5)) == 0.0
+    assert estimate_noise(torch.full((1, 3, 128, 128), 0.5)) == 0.0
+    assert estimate_noise(torch.rand(1, 3, 64, 64)) is None  # too few blocks to trust
 
 
 # -- the auto strength -------------------------------------------------------------------------------
@@ -98,16 +99,18 @@ def test_auto_picks_clean_for_a_clean_png_and_full_strength_for_jpeg_and_noise()
     assert s50.value == 1.0 and "JPEG quality 50" in s50.reason
     s98 = choose_strength(auto, read_image(_encode(arr, "JPEG", quality=98)))
     assert s98.value == 0.0
-    noisy = choose_strength(auto, read_image(_encode(_noisy(arr, 8.0))))
+    noisy = choose_strength(auto, read_image(_encode(_noisy(arr, 12.0))))
     assert noisy.value == 1.0 and "noise" in noisy.reason
     # a tensor (Python API) is judged by its noise alone
-    assert choose_strength(auto, read_image(_encode(_noisy(arr, 8.0))).rgb).value == 1.0
+    assert choose_strength(auto, read_image(_encode(_noisy(arr, 12.0))).rgb).value == 1.0
 
 
 def test_auto_between_the_thresholds_is_in_between():
     arr = _scene(160, 200)
     mid = choose_strength(Degradation(), read_image(_encode(arr, "JPEG", quality=90)))
     assert 0.0 < mid.value < 1.0
+    mid = choose_strength(Degradation(), read_image(_encode(_noisy(arr, 5.0))))
+    assert 0.1 < mid.value < 0.7 and mid.reason.startswith("noise")
 
 
 def test_overrides_and_their_checks():
@@ -314,3 +317,31 @@ def test_cli_bad_degradation_values_are_usage_errors(tmp_path, args):
         assert r.exit_code == 2, (cmd, r.output)
         assert "denoise" in r.stderr or "degradation" in r.stderr
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("x_*"))
+
+
+# -- the shipped pair ------------------------------------------------------------------------------
+def test_builtin_default_keeps_clean_pngs_and_treats_jpegs():
+    """The built-in ×4 has its degradation-aware partner; with the default (auto) a clean PNG
+    goes through exactly the clean weights (today's output, bit for bit), a q30 JPEG of the same
+    scene through the degradation-aware ones, which restore it better than the clean ones."""
+    from clipsr_cli.data.degrade import degrade
+    from clipsr_cli.data.metrics import psnr
+    from clipsr_cli.infer.engine import Upscaler
+
+    kw = dict(device="cpu", precision="fp32")
+    auto = Upscaler.load(scale=4, **kw)
+    clean = Upscaler.load(scale=4, degradation=Degradation("clean"), **kw)
+    assert auto.blendable and not clean.blendable
+    hr = torch.from_numpy(_scene(160, 192, seed=5)).permute(2, 0, 1)[None].float() / 255
+    lr = degrade(hr, 4)
+    arr = (lr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    png = read_image(_encode(arr))
+    assert auto.strength_for(png).value == 0.0
+    assert np.array_equal(auto.upscale_image(png)[0], clean.upscale_image(png)[0])
+    jpg = read_image(_encode(arr, "JPEG", quality=30))
+    assert auto.strength_for(jpg).value == 1.0
+    scores = {}
+    for name, up in (("auto", auto), ("clean", clean)):
+        sr = torch.from_numpy(up.upscale_image(jpg)[0]).permute(2, 0, 1)[None].float() / 255
+        scores[name] = float(psnr(sr, hr, border=4))
+    assert scores["auto"] > scores["clean"] + 0.2, scores

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 __all__ = ["estimate_noise", "MIN_NOISE_PIXELS"]
 
-#: fewer flat pixels than this and there is nothing to measure (tiny or one-colour images)
-MIN_NOISE_PIXELS = 64
+#: fewer flat pixels than this (16 blocks) and the estimate is not trusted: on small images
+#: (under about 100 x 100 px) dense texture reads as noise
+MIN_NOISE_PIXELS = 1024
 
 _BLOCK = 8  # side of the blocks whose flatness is judged
 _OP = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
@@ -33,7 +34,7 @@ def _channels(rgb: torch.Tensor) -> torch.Tensor:
     return x[0, :, None].double() * 255.0
 
 
-def estimate_noise(rgb: torch.Tensor, *, flat_fraction: float = 0.3,
+def estimate_noise(rgb: torch.Tensor, *, flat_fraction: float = 0.1,
                    max_side: int = 1024) -> float | None:
     """σ of the (additive, white) noise of an image in [0, 1], in 8-bit levels per channel (the
     channels' flat blocks measured together); None when the

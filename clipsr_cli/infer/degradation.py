@@ -33,10 +33,13 @@ DegradationMode = Literal["auto", "clean", "jpeg", "noise"]
 MODES: tuple[str, ...] = get_args(DegradationMode)
 
 # -- the auto rule (tuned on shared/data/photos/val, see the README's "Real photos" table) ---------
-JPEG_CLEAN_QUALITY = 96  # a JPEG of this quality or better is treated as clean (t = 0) ...
-JPEG_FULL_QUALITY = 85  # ... one of this quality or worse gets the full strength (t = 1)
+# (benchmarks/denoise_sweep.py: on the validation photos at x4 the best fixed strength was about
+# 0.1 at JPEG quality 95, 0.5 at 90-85, 1 at 75 and below; 0-0.5 at noise σ 3, 0.5 at σ 5, 1 at
+# σ 10; the noise estimate reads about 0.8 σ there)
+JPEG_CLEAN_QUALITY = 98  # a JPEG of this quality or better is treated as clean (t = 0) ...
+JPEG_FULL_QUALITY = 75  # ... one of this quality or worse gets the full strength (t = 1)
 NOISE_CLEAN_SIGMA = 2.5  # measured noise (8-bit levels) up to which an image counts as clean ...
-NOISE_FULL_SIGMA = 4.5  # ... and from which it gets the full strength
+NOISE_FULL_SIGMA = 9.0  # ... and from which it gets the full strength
 
 
 def _ramp(x: float, zero: float, one: float) -> float:
