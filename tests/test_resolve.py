@@ -104,3 +104,15 @@ def test_known_scale_without_loading(tiny_ckpt, tmp_path):
     pth = tmp_path / "a.pth"
     torch.save({"w": torch.zeros(1)}, pth)
     assert known_scale(resolve(str(pth))) is None  # only loading tells
+
+
+def test_inspect_returns_a_description_the_cli_renders(tiny_ckpt):
+    from clipsr_cli.tasks.inspect import ModelDescription, PipelineDescription, describe
+
+    d = describe("clipsr-lite-x16")
+    assert isinstance(d, PipelineDescription) and d.scale == 16
+    assert [name for name, _ in d.models] == ["clipsr-lite-x4"]  # one stage, described once
+    one = describe(str(tiny_ckpt(2)))
+    assert isinstance(one, ModelDescription) and one.info.scale == 2 and one.text_guided == "no"
+    with pytest.raises(ModelError, match="CLIP backbone"):
+        describe("clip-vit-b-32")

@@ -31,53 +31,35 @@ def register(app: typer.Typer) -> None:
 
 
 def describe(model) -> list[tuple[str, str]]:
-    """(field, value) lines describing ``model`` (a model string or a reference)."""
-    from clipsr_cli.errors import ModelError
-    from clipsr_cli.hub.resolve import ClipRef, ForeignFile, PipelineRef, Registered, resolve
-    from clipsr_cli.model.foreign import load_foreign
+    """(field, value) lines describing ``model`` (see :func:`clipsr_cli.tasks.inspect.describe`)."""
+    from clipsr_cli.tasks.inspect import describe as describe_model
 
-    ref = resolve(model)
-    if isinstance(ref, PipelineRef):  # e.g. the built-in x8 and x16
-        entry = ref.entry
-        rows = [("name", entry.name), ("format", "pipeline (registry entry, no file of its own)"),
-                ("scale", f"×{entry.scale}"), ("stages", " → ".join(entry.stages))]
-        for stage in {s.name: s for s in ref.stages if isinstance(s, Registered)}.values():
-            rows += [(f"{stage.name} {k}", v) for k, v in describe(stage)]
+    return _rows(describe_model(model))
+
+
+def _rows(d) -> list[tuple[str, str]]:
+    from clipsr_cli.tasks.inspect import PipelineDescription
+
+    if isinstance(d, PipelineDescription):
+        rows = [("name", d.name), ("format", "pipeline (registry entry, no file of its own)"),
+                ("scale", f"×{d.scale}"), ("stages", " → ".join(d.stages))]
+        for name, stage in d.models:
+            rows += [(f"{name} {k}", v) for k, v in _rows(stage)]
         return rows
-    if isinstance(ref, ClipRef):
-        raise ModelError(f"{ref.name!r} is a CLIP backbone, not an upscaling model; choose a "
-                         "generator from 'clipsr models'")
-    if isinstance(ref, Registered):
-        ref = ref.file()
-    path = ref.path
-    rows = [("file", str(path))]
-    if isinstance(ref, ForeignFile):
-        m = load_foreign(path, format=ref.format)
-        spec, info = m.spec, m.info
-        channels = "RGB → RGB" if spec.input_channels == 3 else "grayscale → grayscale (per channel)"
-        req = [f"multiple of {spec.size_multiple}"] if spec.size_multiple > 1 else []
-        req += [f"at least {spec.size_minimum} px"] if spec.size_minimum else []
-        req += ["square"] if spec.square else []
-        rows += [("format", "third-party (spandrel)"),
-                 ("architecture", f"{spec.architecture} ({spec.arch_id})"),
-                 ("purpose", spec.purpose), ("tags", ", ".join(spec.tags) or "-"),
-                 ("channels", channels)]
-        size = ", ".join(req) or "none"
-        extra = [("window size", str(spec.window_size))] if spec.window_size else []
-        extra.append(("tiling advice", spec.tiling))
-    else:
-        from clipsr_cli.model.checkpoint import read_checkpoint
-        from clipsr_cli.model.network import CLIPSR
-
-        config, _, meta = read_checkpoint(path)
-        info = CLIPSR(config).info
-        rows += [("format", f"clipsr checkpoint (format {meta.get('format_version', '?')})"),
-                 ("architecture", "CLIPSR"), ("purpose", "SR"), ("channels", "RGB → RGB"),
-                 ("text-guided", f"yes ({info.clip})" if info.text_conditioned else "no")]
-        size = f"multiple of {info.pad_multiple} (padded by the engine)"
-        extra = []
+    info = d.info
+    rows = [("file", str(d.file)), ("format", d.format), ("architecture", d.architecture),
+            ("purpose", d.purpose)]
+    if d.text_guided is None:  # third-party
+        rows.append(("tags", ", ".join(d.tags) or "-"))
+    rows.append(("channels", d.channels))
+    if d.text_guided is not None:
+        rows.append(("text-guided", d.text_guided))
     rows += [("scale", f"×{info.scale}"), ("parameters", f"{info.parameters:,}"),
-             ("precisions", ", ".join(info.precisions)), ("size requirements", size),
+             ("precisions", ", ".join(info.precisions)), ("size requirements", d.size_requirements),
              ("pad multiple", str(info.pad_multiple)),
-             ("tile overlap", f"{info.tile_overlap} LR px (default --tile-overlap)"), *extra]
+             ("tile overlap", f"{info.tile_overlap} LR px (default --tile-overlap)")]
+    if d.window_size:
+        rows.append(("window size", str(d.window_size)))
+    if d.tiling_advice is not None:
+        rows.append(("tiling advice", d.tiling_advice))
     return rows
