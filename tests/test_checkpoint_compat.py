@@ -1,6 +1,6 @@
 """Checkpoint format 2 renamed the generator's parameters; version-1 files keep loading.
-Format 3 changed the text path: image-only files of every version load, text-conditioned files of
-versions 1-2 are refused with a message (their text path cannot be rebuilt)."""
+Formats 3 and 4 changed the text path: image-only files of every version load, text-conditioned
+files of versions 1-3 are refused with a message (their text path cannot be rebuilt)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def test_a_v1_checkpoint_loads_strictly_and_gives_the_same_output(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.parametrize("version", ["1", "2"])
+@pytest.mark.parametrize("version", ["1", "2", "3"])
 def test_an_old_text_checkpoint_is_refused_with_a_message(tmp_path, version):
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True)
+    cfg = tiny_config(4, text=True, fu_film=True)  # format 3's read-out had the direct FiLM
     model = perturb(build_model(cfg, load_clip(cfg.clip))).eval()
     path = _write_v1(tmp_path / f"v{version}.safetensors", model, cfg, version)
     from safetensors.torch import load_file
@@ -71,6 +71,9 @@ def test_an_old_text_checkpoint_is_refused_with_a_message(tmp_path, version):
     with pytest.raises(ModelError, match=f"text-conditioned model of checkpoint format {version}"
                                          ".*retrain it"):
         load_checkpoint(path)
+    if version == "3":  # the same file as format 4 loads: only the version tells them apart
+        cfg4, state, _ = read_checkpoint(_write_v1(tmp_path / "v4.safetensors", model, cfg, "4"))
+        assert cfg4.fu_film and set(state) == set(model.state_dict())
 
 
 def test_the_rename_table_is_one_to_one_and_round_trips():
@@ -85,15 +88,15 @@ def test_the_rename_table_is_one_to_one_and_round_trips():
     assert set(rename_keys(dict.fromkeys(V1_NAMES))) <= set(state)  # v1 names map onto v3's
 
 
-def test_new_checkpoints_are_format_3_with_the_new_names(tmp_path):
+def test_new_checkpoints_are_format_4_with_the_new_names(tmp_path):
     cfg = tiny_config(4)
     model = perturb(build_model(cfg))
     path = save_checkpoint(tmp_path / "v2.safetensors", model, cfg)
     from safetensors.torch import load_file
 
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     _, state, meta = read_checkpoint(path)
-    assert meta["format_version"] == "3"
+    assert meta["format_version"] == "4"
     assert set(load_file(str(path))) == set(model.state_dict()) == set(state)
     assert "upsampler.out.weight" in state and "tail.weight" not in state
 

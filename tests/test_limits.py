@@ -295,6 +295,7 @@ def _raw(tmp_path: Path, name: str, header, payload: bytes = b"") -> Path:
     ({"negative_slope": "steep"}, "negative_slope"),
     ({"negative_slope": 1e308 * 10}, "negative_slope"),
     ({"fu_fusion": 1}, "fu_fusion"),
+    ({"fu_film": "yes"}, "fu_film"),
     ({"clip": ["ViT-B-32"], "text_dim": 16, "clip_width": 8}, "clip"),
 ])
 def test_configs_out_of_range_are_refused_before_building(tmp_path, changes, field):

@@ -1,7 +1,7 @@
 """The clipsr checkpoint: one ``.safetensors`` file.
 
 Tensors: the generator's ``state_dict`` (CLIP is not copied in). Metadata (all strings):
-``format`` = "clipsr", ``format_version`` = "3", ``config`` = the JSON ``ModelConfig``,
+``format`` = "clipsr", ``format_version`` = "4", ``config`` = the JSON ``ModelConfig``,
 optional ``training`` = a JSON summary of how it was trained. Loading never unpickles.
 
 Format versions: 1 named the generator's parameters after its flat layout (``head``, ``down``,
@@ -10,9 +10,12 @@ Format versions: 1 named the generator's parameters after its flat layout (``hea
 ``upsampler``, ``prompt_predictor``, ``fu_projection``). ``read_checkpoint`` renames version-1
 tensors with :data:`V1_RENAMES`. Version 3 changed the text path (prompt tokens stay in CLIP's
 sequence from block 2 on, CLIP sees the image through fixed-density windows, F_U is read out by
-cross-attention and joins every refinement level): image-only checkpoints of every version load
-unchanged (their networks did not change), text-conditioned ones of versions 1–2 are refused
-with a message (their text path cannot be rebuilt; retrain them).
+cross-attention and joins every refinement level). Version 4 changed it again (issue #21: the
+prompt predictor reads t scaled to unit rms, the F_U read-out is modulated by the prompt tokens'
+outputs, the direct FiLM by t became the ``fu_film`` switch, off by default). Image-only
+checkpoints of every version load unchanged (their networks did not change); text-conditioned
+ones of versions 1–3 are refused with a message (their text path cannot be rebuilt; retrain
+them).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from clipsr_cli.model.header import FORMAT, read_header
 from clipsr_cli.model.limits import checked_config
 from clipsr_cli.model.network import CLIPSR, build_model
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: The first format whose text path this clipsr can rebuild; older text checkpoints are refused.
+TEXT_FORMAT_VERSION = 4
 
 #: Version-1 tensor-name prefixes → version-2 ones (parameter order is the same in both).
 V1_RENAMES: tuple[tuple[str, str], ...] = (
@@ -105,11 +110,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     if version > FORMAT_VERSION:
         raise ModelError(f"{path} has checkpoint format {version}, newer than this clipsr "
                          f"understands ({FORMAT_VERSION}); upgrade clipsr")
-    if version < 3 and _names_a_clip(meta.get("config")):
+    if version < TEXT_FORMAT_VERSION and _names_a_clip(meta.get("config")):
         raise ModelError(f"{path} is a text-conditioned model of checkpoint format {version}: its "
-                         f"text path (prompt insertion, CLIP view, F_U fusion) changed in format "
-                         f"{FORMAT_VERSION} and cannot be rebuilt; retrain it with this clipsr "
-                         "(image-only models of every format still load)")
+                         f"text path (prompt tokens, CLIP view, F_U read-out) changed in format "
+                         f"{TEXT_FORMAT_VERSION} and cannot be rebuilt; retrain it with this "
+                         "clipsr (image-only models of every format still load)")
     config = checked_config(meta.get("config", ""), rename_keys(tensors) if version < 2
                             else tensors, source=str(path))
     try:

@@ -47,6 +47,10 @@ class ModelConfig:
     fu_fusion: bool = True
     """Text path 1: fuse CLIP's text-aware visual features F_U into every level of the generator
     (False: no F_U; an ablation switch)."""
+    fu_film: bool = False
+    """Inside F_U: also modulate the read-out directly by the text, (1 + γ(t))·h + β(t), a route
+    that bypasses CLIP (clipsr's addition). Off by default: F_U then hears the text only through
+    the prompt tokens in CLIP's ViT, the paper's route (docs/text-path.md: the measurement)."""
     tif_text: bool = True
     """Text path 2: the text sets the γ, β of every TIFBlock (False: the TIFBlocks get no text;
     an ablation switch)."""

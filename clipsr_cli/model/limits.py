@@ -76,7 +76,7 @@ def check_config(config: ModelConfig, *, source: str = "config") -> ModelConfig:
     if config.clip is not None and (not isinstance(config.clip, str)
                                     or not 0 < len(config.clip) <= _MAX_CLIP_SPEC):
         raise bad(f"clip must be a CLIP spec string or null, got {_short(config.clip)}")
-    for switch in ("fu_fusion", "tif_text"):
+    for switch in ("fu_fusion", "fu_film", "tif_text"):
         if not isinstance(getattr(config, switch), bool):
             raise bad(f"{switch} must be true or false, got {_short(getattr(config, switch))}")
     slope = config.negative_slope

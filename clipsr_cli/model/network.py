@@ -28,7 +28,7 @@ from torch import nn
 from clipsr_cli.errors import ModelError
 from clipsr_cli.model.blocks import TIFBlock
 from clipsr_cli.model.config import ModelConfig, ModelInfo
-from clipsr_cli.model.prompt import Conditioning, FUProjection, PromptPredictor
+from clipsr_cli.model.prompt import ROUTES, Conditioning, FUProjection, PromptPredictor
 from clipsr_cli.model.view import clip_view, sample_windows
 
 __all__ = ["CLIPSR", "Conditioning", "build_model"]
@@ -158,7 +158,8 @@ class CLIPSR(nn.Module):
             null = torch.randn(d)
             self.null_text = nn.Parameter(null / null.norm())
             self.prompt_predictor = PromptPredictor(d, cfg.clip_width, cfg.prompt_tokens)
-            self.fu_projection = FUProjection(cfg.clip_width, widths + cfg.up_widths[:cfg.num_up], d)
+            self.fu_projection = FUProjection(cfg.clip_width, widths + cfg.up_widths[:cfg.num_up], d,
+                                              film=cfg.fu_film)
         self._clip = None
         self._info = _describe(cfg, sum(p.numel() for p in self.parameters()))
 
@@ -242,32 +243,43 @@ class CLIPSR(nn.Module):
         return out
 
     def condition(self, lr_full: torch.Tensor, text_emb: torch.Tensor | None = None,
-                  *, null_mask: torch.Tensor | None = None) -> Conditioning:
+                  *, null_mask: torch.Tensor | None = None, text_tif: torch.Tensor | None = None,
+                  text_prompt: torch.Tensor | None = None,
+                  text_film: torch.Tensor | None = None) -> Conditioning:
         """Per-image conditioning from the whole LR image (in training: the LR patch) and
         (optional) sentence embeddings.
 
         ``text_emb``: (B, D) from ``text_embedding`` (or any CLIP-space vector; None → null text).
-        ``null_mask``: (B,) bool, rows that use the learned null embedding (caption dropout).
+        ``null_mask``: (B,) bool, rows that use the learned null embedding (caption dropout), or
+        (B, len(ROUTES)) bool, one column per route (``prompt.ROUTES``: per-route dropout).
+        ``text_tif``, ``text_prompt``, ``text_film`` (ablations): give one route its own
+        embedding instead of ``text_emb`` (the TIFBlocks, the prompt predictor, the F_U
+        read-out's FiLM; ``text_embedding([None])`` is the null text).
         """
         h, w = lr_full.shape[-2:]
         if not self.config.text_conditioned:
             return Conditioning(None, None, (h, w))
         b = lr_full.shape[0]
         null = self.null_text.unsqueeze(0).expand(b, -1)
-        if text_emb is None:
-            t = null
-        else:
-            t = text_emb.to(null.dtype)
+        if null_mask is not None and null_mask.dim() == 1:
+            null_mask = null_mask[:, None].expand(b, len(ROUTES))
+
+        def route(k: int, own: torch.Tensor | None) -> torch.Tensor:
+            e = own if own is not None else text_emb
+            t = null if e is None else e.to(null.dtype)
             if null_mask is not None:
-                t = torch.where(null_mask[:, None], null, t)
-        t = F.normalize(t, dim=-1)
+                t = torch.where(null_mask[:, k, None], null, t)
+            return F.normalize(t, dim=-1)
+
+        t = route(0, text_tif)
         if not self.config.fu_fusion:
             return Conditioning(t, None, (h, w))
         clip = self._need_clip()
         views, plan = clip_view(lr_full, self.config.clip_view, size=clip.image_size,
                                 mean=clip.mean, std=clip.std)
-        prompts = self.prompt_predictor(t).float().repeat_interleave(plan.count, dim=0)
-        t_win = t.repeat_interleave(plan.count, dim=0)
+        prompts = self.prompt_predictor(route(1, text_prompt)).float()
+        prompts = prompts.repeat_interleave(plan.count, dim=0)
+        t_win = route(2, text_film).repeat_interleave(plan.count, dim=0)
         levels: list[list[torch.Tensor]] = [[] for _ in self.fu_projection.proj]
         for i in range(0, views.shape[0], _CLIP_CHUNK):  # bounded memory for huge images
             seq = clip.prompted_sequence(clip.embed_patches(views[i:i + _CLIP_CHUNK], prepared=True),

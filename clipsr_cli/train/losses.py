@@ -37,7 +37,8 @@ def clamp_layers(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
 
 
 class VGGPerceptual(nn.Module):
-    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3) of ImageNet-normalised images."""
+    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3) of ImageNet-normalised images:
+    clipsr's choice (the authors' code: MSE on VGG16 ``features[:34]``, not normalised)."""
 
     CUTS = (4, 9, 16, 23)
 
