@@ -154,13 +154,33 @@ COLUMNS = ["true", "wrong", "none", "fu_cut", "tif_cut", "tif_wrong", "prompt_cu
 
 
 def table(rows: list[dict]) -> str:
-    head = "| model | ×s | seed | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |"
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 3)]
+    if len({r["tag"] for r in rows}) == 1:  # one sweep: no need to label it
+        rows = [dict(r, tag="") for r in rows]
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]  # no film columns without fu_film
+    head = "| model | ×s | seed | " + " | ".join(c.replace("_", " ") for c in cols) + " |"
+    lines = [head, "|" + " --- |" * (len(cols) + 3)]
     for r in sorted(rows, key=lambda r: (r["tag"], list(VARIANTS).index(r["variant"]),
                                          r["scale"], r["seed"])):
         name = r["variant"] + (f" ({r['tag']})" if r["tag"] else "")
-        cells = [f"{r[c]:.1f}" if c in r else "—" for c in COLUMNS]
+        cells = [f"{r[c]:.1f}" if c in r else "—" for c in cols]
         lines.append(f"| {name} | ×{r['scale']} | {r['seed']} | " + " | ".join(cells) + " |")
+    lines += ["", "What a route's wrong caption or null text costs (true − that column), min … max "
+              "over the seeds:", "",
+              "| model | ×s | seeds | true − wrong | " + " | ".join(
+                  f"true − {c.replace('_', ' ')}" for c in cols[3:]) + " |",
+              "|" + " --- |" * (len(cols) + 1)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["tag"], r["variant"], r["scale"]), []).append(r)
+    for (tag, variant, scale), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], list(VARIANTS).index(kv[0][1]), kv[0][2])):
+        cells = []
+        for c in ["wrong"] + cols[3:]:
+            d = [r["true"] - r[c] for r in rs if c in r]
+            cells.append(f"{min(d):.1f} … {max(d):.1f}" if d else "—")
+        name = variant + (f" ({tag})" if tag else "")
+        seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"| {name} | ×{scale} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

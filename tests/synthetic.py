@@ -86,8 +86,8 @@ class StripesSource:
 # model it is compared with: 200 steps of batch 8 on the 48 default images (all three kinds), fp32
 # (bf16 autocast, what ``auto`` picks on a CPU, trains several times slower there), one thread:
 # ~18 s for the text model on one core. Margins measured for seeds 0/1/2 (thresholds in the tests):
-# true - wrong caption 33-35 dB, true - no caption 28-29 dB (test_train_text.py, both > 10;
-# the network of issue #13: both text paths); before issue #13 (measured then): `edit`
+# true - wrong caption 32.9-34.2 dB, true - no caption 24.4-28.8 dB (test_train_text.py, both
+# > 10; the network of issue #21: TIFBlocks + prompt tokens, docs/text-path.md); before issue #13 (measured then): `edit`
 # orientation ratio 34-53 (> 5), LR consistency 49-55 dB (> 40), sweep step >= 0.106 (> 0.01)
 # (test_edit.py; they pass for seed 0 now). 150 steps missed LR consistency (39.96 dB, seed 0).
 SHARED_TRAINING = {"steps": 200, "batch_size": 8, "precision": "fp32", "log_every": 10 ** 9}
