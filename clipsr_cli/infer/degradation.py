@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI checks options 
     from clipsr_cli.io.decode import LoadedImage
 
 __all__ = ["DegradationMode", "Degradation", "Strength", "choose_strength", "WeightBlend",
-           "partner_weights", "JPEG_CLEAN_QUALITY", "JPEG_FULL_QUALITY", "NOISE_CLEAN_SIGMA", "NOISE_FULL_SIGMA"]
+           "partner_weights", "LATER_STAGE_STRENGTH", "JPEG_CLEAN_QUALITY", "JPEG_FULL_QUALITY", "NOISE_CLEAN_SIGMA", "NOISE_FULL_SIGMA"]
 
 DegradationMode = Literal["auto", "clean", "jpeg", "noise"]
 MODES: tuple[str, ...] = get_args(DegradationMode)
@@ -35,11 +35,17 @@ MODES: tuple[str, ...] = get_args(DegradationMode)
 # -- the auto rule (tuned on shared/data/photos/val, see the README's "Real photos" table) ---------
 # (benchmarks/denoise_sweep.py: on the validation photos at x4 the best fixed strength was about
 # 0.1 at JPEG quality 95, 0.5 at 90-85, 1 at 75 and below; 0-0.5 at noise σ 3, 0.5 at σ 5, 1 at
-# σ 10; the noise estimate reads about 0.8 σ there)
+# σ 10; the noise estimate reads 0.6-1.1 σ there)
 JPEG_CLEAN_QUALITY = 98  # a JPEG of this quality or better is treated as clean (t = 0) ...
 JPEG_FULL_QUALITY = 75  # ... one of this quality or worse gets the full strength (t = 1)
-NOISE_CLEAN_SIGMA = 2.5  # measured noise (8-bit levels) up to which an image counts as clean ...
-NOISE_FULL_SIGMA = 9.0  # ... and from which it gets the full strength
+NOISE_CLEAN_SIGMA = 2.0  # measured noise (8-bit levels) up to which an image counts as clean ...
+NOISE_FULL_SIGMA = 4.0  # ... and from which it gets the full strength (lower strengths scored
+#                         more at σ 5 but sharpened the noise on smooth areas: smooth-region flags)
+#: the strength of a pipeline's later model stages (the ×16's second ×4 pass), whatever the input:
+#: they see an upscaled image, whose smooth areas the degradation-aware weights keep smooth. In
+#: fp32 the clean weights twice drew 0.28-0.39 levels RMS of texture over a synthetic clear sky
+#: (flagged by the smooth-region check); at 1: 0.07-0.15, val ×16 gain +0.953 vs +0.960 dB.
+LATER_STAGE_STRENGTH = 1.0
 
 
 def _ramp(x: float, zero: float, one: float) -> float:

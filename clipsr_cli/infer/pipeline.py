@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from clipsr_cli.infer.degradation import LATER_STAGE_STRENGTH
 from clipsr_cli.data.degrade import imresize, imresize_bands
 from clipsr_cli.errors import InputError, ModelError, UsageError
 from clipsr_cli.infer.base import Engine, ProgressFn
@@ -105,9 +106,10 @@ class Pipeline(Engine):
               text_embedding: torch.Tensor | None = None,
               progress: ProgressFn | None = None, strength: float = 0.0):
         """Like ``Upscaler.bands``: every stage but the last produces its whole output (float32,
-        CPU), the last yields row bands. ``strength`` goes to the first model stage only: later
-        stages see that stage's (clean) output. ``progress(done, total)`` counts per mille of the work,
-        each network stage weighted by the output pixels it makes."""
+        CPU), the last yields row bands. ``strength`` goes to the first model stage; later
+        model stages, which see an upscaled image, run at ``LATER_STAGE_STRENGTH`` (models with
+        degradation-aware weights). ``progress(done, total)`` counts per mille of the work, each
+        network stage weighted by the output pixels it makes."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise InputError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(lr.shape)}")
         weights, s = [], 1
@@ -131,7 +133,7 @@ class Pipeline(Engine):
                 continue
             emb = text_embedding if st is text_stage else None
             sub = _sub_progress(progress, done_w, weights[i], total_w)
-            t = strength if i == 0 else 0.0  # stage 0 is always a model
+            t = strength if i == 0 else LATER_STAGE_STRENGTH  # stage 0 is always a model
             if last:
                 yield from st.bands(x, text, text_embedding=emb, progress=sub, strength=t)
             else:
