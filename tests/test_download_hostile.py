@@ -52,9 +52,10 @@ def test_an_endless_http_stream_is_cut_at_the_cap(server, home, tmp_path, monkey
     assert len(server.hits) == 1  # not retried: the same URL would do the same again
 
 
-def test_file_dev_zero_is_cut_at_the_cap_from_the_environment(home, tmp_path, monkeypatch):
-    """``file:///dev/zero``, through the CLI in a child process whose file size is limited to
-    64 MiB, so that a regression fails instead of filling the disk."""
+def test_file_dev_zero_is_refused_as_a_device(home, tmp_path, monkeypatch):
+    """``file:///dev/zero`` is not a regular file: refused at once (issue #20, item 6), never
+    read; through the CLI in a child process whose file size is limited to 64 MiB, so that a
+    regression fails instead of filling the disk."""
     _registry(tmp_path, monkeypatch, _entry_toml("zero", ["file:///dev/zero"], size=None))
     script = textwrap.dedent("""
         import resource, sys
@@ -68,8 +69,8 @@ def test_file_dev_zero_is_cut_at_the_cap_from_the_environment(home, tmp_path, mo
                        timeout=120)
     assert p.returncode == 1, p.stderr
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot download zero") and "4.2 MB" in last, p.stderr
-    assert "CLIPSR_MAX_DOWNLOAD_BYTES" in last and "Traceback" not in p.stderr
+    assert last.startswith("error: cannot download zero") and "character device" in last, p.stderr
+    assert "Traceback" not in p.stderr
     assert _cache_files(home) == []
 
 

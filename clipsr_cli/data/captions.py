@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from clipsr_cli.errors import DataError, log
+from clipsr_cli.io.files import MAX_TEXT_BYTES, read_regular, read_text_regular
 
 __all__ = ["CAPTION_KEYS", "MANIFEST_SUFFIXES", "PATH_KEYS", "CaptionEntry", "CaptionTable",
            "Manifest", "parse_captions", "read_caption_file", "read_manifest", "sidecar_captions"]
@@ -59,7 +60,7 @@ def read_caption_file(path: str | os.PathLike) -> tuple[str, ...]:
     """The captions of a text file (:func:`parse_captions`); DataError if it cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular(path, max_bytes=MAX_TEXT_BYTES, what="caption file", error=DataError)
     except OSError as e:
         raise DataError(f"cannot read captions {path} ({e.strerror or e}); fix its "
                         "permissions") from None
@@ -105,7 +106,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise DataError(f"{path}: unknown manifest type {ext or '(none)'}; use .csv, .tsv, "
                         ".jsonl or .json")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text_regular(path, what="manifest", error=DataError, encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as e:

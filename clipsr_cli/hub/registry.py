@@ -27,9 +27,10 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (pyproject: tomli on < 3.11)
     import tomli as tomllib
 
-from clipsr_cli.model.config import SCALES
 from clipsr_cli.errors import ModelError, log
 from clipsr_cli.hub.weightfiles import suffixes_of
+from clipsr_cli.io.files import read_text_regular
+from clipsr_cli.model.config import SCALES
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "models.toml"
 
@@ -251,7 +252,8 @@ def parse_registry_file(path: str | os.PathLike) -> tuple[ModelEntry, ...]:
     """Parse one registry file; raises ``ModelError`` naming the file (and entry) on any problem."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text_regular(path, max_bytes=16 << 20,  # (a few KB)
+                                               what="registry file", error=ModelError))
     except FileNotFoundError:
         raise ModelError(f"registry file not found: {path}; fix the path or unset "
                          "CLIPSR_REGISTRY") from None

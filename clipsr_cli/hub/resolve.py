@@ -33,6 +33,7 @@ from clipsr_cli.errors import ModelError
 from clipsr_cli.hub.fetch import Progress, ensure
 from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, resize_factor
 from clipsr_cli.hub.weightfiles import weights_format
+from clipsr_cli.io.files import check_regular
 from clipsr_cli.model.header import FORMAT, read_header
 
 __all__ = ["ModelRef", "NetworkRef", "Registered", "PipelineRef", "ClipsrFile", "ForeignFile",
@@ -162,9 +163,10 @@ def _file_ref(s: str) -> ClipsrFile | ForeignFile:
             raise ModelError(f"{p} is a directory without model.safetensors; pass a checkpoint "
                              "file")
         p = cand
-    if not p.is_file():
+    if not p.exists():
         raise ModelError(f"model file not found: {p}; check the path, or use a registered name "
                          "from 'clipsr models'")
+    check_regular(p, what="model file", error=ModelError)  # a FIFO or device: said what it is
     fmt = weights_format(p)
     if fmt == "torch":
         return ForeignFile(p, fmt, s)

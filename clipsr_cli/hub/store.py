@@ -24,6 +24,7 @@ from typing import Iterator, Literal
 from clipsr_cli.errors import DownloadError, InputError, ModelError, log
 from clipsr_cli.hub.registry import ModelEntry, cache_dir, load_registry, resize_factor
 from clipsr_cli.io.atomic import atomic_write_bytes
+from clipsr_cli.io.files import check_regular, open_regular
 
 PACKAGE_WEIGHTS = Path(__file__).parent.parent / "weights"
 """Where entries with ``source = "package"`` ship their file (inside the wheel)."""
@@ -267,9 +268,13 @@ def install_from_file(entry: ModelEntry, src: str | os.PathLike, *,
     src = Path(src).expanduser()
     if entry.source == "package":
         raise DownloadError(f"{entry.name!r} ships with clipsr; there is nothing to install")
-    if not src.is_file():
-        raise InputError(f"`src`: file not found: {src}")
-    size = src.stat().st_size
+    try:  # a device, FIFO or folder is refused with what it is (never read)
+        size = check_regular(src, what="model file to install")
+    except FileNotFoundError:
+        raise InputError(f"`src`: file not found: {src}; check the path") from None
+    except OSError as e:
+        raise InputError(f"`src`: cannot read {src}: {e.strerror or e}; check its "
+                         "permissions") from None
     if entry.size is not None and size != entry.size:
         raise DownloadError(f"{src} is not {entry.name!r}: {size} bytes, expected {entry.size}; "
                             "nothing was installed")
@@ -277,7 +282,7 @@ def install_from_file(entry: ModelEntry, src: str | os.PathLike, *,
         part = part_path(path)
         try:
             h = hashlib.sha256()
-            with open(src, "rb") as fi, open(part, "wb") as fo:
+            with open_regular(src, what="model file to install") as fi, open(part, "wb") as fo:
                 while block := fi.read(CHUNK):
                     h.update(block)
                     fo.write(block)

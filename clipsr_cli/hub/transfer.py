@@ -24,7 +24,6 @@ import http.client
 import os
 import re
 import shutil
-import stat
 import time
 import urllib.error
 import urllib.parse
@@ -33,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipsr_cli.errors import DownloadError, UsageError
+from clipsr_cli.errors import DownloadError, InputError, UsageError
 from clipsr_cli.hub.registry import ModelEntry
+from clipsr_cli.io.files import open_regular
 
 DEFAULT_MAX_UNKNOWN_SIZE = 3 << 29
 """1.5 GiB: the most bytes accepted for an entry without a ``size``."""
@@ -304,15 +304,16 @@ def _open_file(url: str, part: Partial):
     if parsed.netloc not in ("", "localhost"):
         raise Permanent(f"file:// URLs must name a local path (file:///path), not {url}")
     src = Path(urllib.request.url2pathname(parsed.path))
-    try:
-        f = open(src, "rb")
+    try:  # only a regular file: /dev/zero or a FIFO would never end (or never start)
+        f = open_regular(src, what="download source")
+    except InputError as e:
+        raise Permanent(str(e)) from None
     except FileNotFoundError:
         raise Permanent("no such file") from None
     except OSError as e:
         raise Transient(f"{e}") from None
-    st = os.fstat(f.fileno())
-    total = st.st_size if stat.S_ISREG(st.st_mode) else None  # /dev/zero, a pipe: unknown
-    if total is None or part.size > total:
+    total = os.fstat(f.fileno()).st_size
+    if part.size > total:
         part.discard()  # a stream cannot be resumed
     elif part.size:
         f.seek(part.size)

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from clipsr_cli.errors import InputError
 from clipsr_cli.infer.degradation import Degradation, Strength, choose_strength
-from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io import images as imageio
 from clipsr_cli.io.images import LoadedImage
+from clipsr_cli.io.memory import check_output
 from clipsr_cli.io.quantise import levels, quantise
 
 ProgressFn = Callable[[int, int], None]
@@ -70,6 +70,8 @@ class Engine:
                        strength: StrengthLike = None) -> torch.Tensor:
         """(1, 3, H, W) in [0, 1] → (1, 3, s·H, s·W) float32 in [0, 1] on the CPU."""
         h, w = lr.shape[-2:]
+        check_output(int(w) * self.scale, int(h) * self.scale, bytes_per_pixel=3 * 4,
+                     what=f"the ×{self.scale} output", available=self.options.memory)
         t = self._strength(strength, lr)
         out = torch.empty(1, 3, h * self.scale, w * self.scale)
         for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress,
@@ -85,12 +87,9 @@ class Engine:
         band by band: a 192-megapixel output needs 0.6 GB (uint8), not 2.3 GB of float32."""
         h, w = lr.shape[-2:]
         h, w = int(h), int(w)
-        need = h * w * self.scale ** 2 * 3 * (2 if bit_depth == 16 else 1)
-        avail = self.options.memory or _available_memory(torch.device("cpu"))
-        if need > 0.8 * avail:
-            raise InputError(f"the ×{self.scale} output ({w * self.scale}×{h * self.scale}) needs "
-                             f"{need / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
-                             "available; use a smaller scale or crop the image")
+        check_output(w * self.scale, h * self.scale, bytes_per_pixel=3 * (2 if bit_depth == 16
+                                                                           else 1),
+                     what=f"the ×{self.scale} output", available=self.options.memory)
         t = self._strength(strength, lr)
         out = np.empty((h * self.scale, w * self.scale, 3), dtype=levels(bit_depth)[0])
         for y0, band in self.bands(lr, text, text_embedding=text_embedding, progress=progress,

@@ -35,11 +35,15 @@ def batch_limit(up, height: int, width: int, batch_size: int) -> int:
     hp, wp = -(-height // m) * m, -(-width // m) * m
     if st.tile == 0:
         return batch_size
-    if st.tile == "auto":
-        n = batch_size
-        while n > 1 and up._tile_size(height * n, width) != 0:
-            n -= 1
-        return n
+    if st.tile == "auto":  # the largest n whose stack runs untiled (bisected: a few calls)
+        lo, hi = 1, batch_size
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if up._tile_size(height * mid, width) == 0:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
     if count_tiles(plan_tiles(hp, wp, tile=int(st.tile), overlap=st.tile_overlap, multiple=m)) > 1:
         return 1
     return max(1, min(batch_size, int(st.tile) ** 2 // (hp * wp)))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from clipsr_cli.errors import DeviceError, UsageError, log
@@ -77,21 +75,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: CUDA's free memory, else the host's available RAM."""
+    """Free bytes on ``device``: CUDA's free memory, else what this process may still allocate
+    on the host (:func:`clipsr_cli.io.memory.available_memory`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 4 << 30
+    from clipsr_cli.io.memory import available_memory as host
+
+    return host()  # the host's RAM, lowered by a resource limit (the one judgement: io.memory)
 
 
 _available_memory = available_memory  # the old private name

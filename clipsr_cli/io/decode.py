@@ -32,6 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipsr_cli.errors import InputError, log
+from clipsr_cli.io.files import open_regular
 from clipsr_cli.io.formats import (MAX_PIXELS, check_dimensions, check_file_size, max_file_bytes,
                                    max_pixels_limit)
 from clipsr_cli.io.jpeg import JpegQuality, estimate_quality
@@ -89,7 +90,7 @@ def read_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None
         if _isatty(sys.stdin):
             raise InputError("nothing is piped into standard input (-); pipe an image in "
                              "(< photo.jpg)")
-        data, name = sys.stdin.buffer.read(most + 1), "<stdin>"
+        data, name = _read_stream(sys.stdin.buffer, most + 1), "<stdin>"
     else:
         path = Path(source)
         data, name = _read_file(path, limit), str(path)
@@ -132,14 +133,29 @@ def _isatty(stream) -> bool:
 
 
 # -- reading --------------------------------------------------------------------------------------
+def _read_stream(stream, most: int) -> bytes:
+    """Up to ``most`` bytes of a stream, in 1-MiB reads (``read(most)`` allocates ``most``)."""
+    chunks, total = [], 0
+    while total < most:
+        block = stream.read1(min(1 << 20, most - total))
+        if not block:
+            break
+        chunks.append(block)
+        total += len(block)
+    return b"".join(chunks)
+
+
 def _read_file(path: Path, limit: int) -> bytes:
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; pass an image file (for a folder of images, use batch)")
     try:
-        with path.open("rb") as f:
+        with open_regular(path, what="image file") as f:  # never a device, FIFO or folder
             # e.g. a sparse file: refused before a byte of it is read
-            check_file_size(os.fstat(f.fileno()).st_size, str(path), max_pixels=limit)
-            return f.read(max_file_bytes(limit) + 1)
+            size = os.fstat(f.fileno()).st_size
+            check_file_size(size, str(path), max_pixels=limit)
+            # its size, not the cap: read(n) allocates n bytes up front (2 GiB for a 1-KB PNG)
+            data = f.read(size + 1)
+            if len(data) > size:  # it grew meanwhile: judged again by the cap
+                data += f.read(max_file_bytes(limit) + 1 - len(data))
+            return data
     except FileNotFoundError:
         raise InputError(f"{path} does not exist; check the path") from None
     except PermissionError:

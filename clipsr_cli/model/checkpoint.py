@@ -31,6 +31,7 @@ from safetensors.torch import load, save
 
 from clipsr_cli.errors import ModelError
 from clipsr_cli.io.atomic import atomic_write_bytes
+from clipsr_cli.io.files import check_regular, open_regular, read_regular
 from clipsr_cli.model.clip import ClipBackbone, load_clip
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.model.header import FORMAT, read_header
@@ -96,8 +97,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     every tensor's name, shape and dtype (:func:`~clipsr_cli.model.limits.checked_config`).
     Raises ``ModelError``."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path}")
+    if not path.exists():
+        raise ModelError(f"checkpoint not found: {path}; check the path")
+    check_regular(path, what="checkpoint", error=ModelError)  # a folder, device or FIFO: said so
     head, tensors, meta = read_header(path)
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path} is a safetensors file but not a clipsr checkpoint (no clipsr "
@@ -118,7 +120,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     config = checked_config(meta.get("config", ""), rename_keys(tensors) if version < 2
                             else tensors, source=str(path))
     try:
-        data = path.read_bytes()
+        end = max((e["data_offsets"][1] for e in tensors.values()), default=0)
+        data = read_regular(path, max_bytes=len(head) + end, what="checkpoint", error=ModelError,
+                            hint="; the file has data after its last tensor: re-download or "
+                                 "re-export it")
         if not data.startswith(head):
             raise ModelError(f"{path} changed while it was read; read it again")
         state = load(data)

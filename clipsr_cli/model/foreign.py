@@ -43,7 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.errors import ModelError
+from clipsr_cli.io.files import check_regular
 from clipsr_cli.model.config import ModelInfo
+from clipsr_cli.model.limits import (MAX_PARAMETERS, MAX_WEIGHTS_BYTES, BuildBudget, check_archive,
+                                     check_parameters)
 from clipsr_cli.model.prompt import Conditioning
 
 __all__ = ["ForeignModel", "ForeignSpec", "load_foreign", "read_state_dict", "LOCAL_CONVNETS",
@@ -88,8 +91,18 @@ def read_state_dict(path: str | os.PathLike, format: str) -> dict[str, torch.Ten
     refused (``ModelError``), as are TorchScript archives.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"model file not found: {p}")
+    try:
+        size = check_regular(p, what="model file", error=ModelError)
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {p}; check the path") from None
+    except OSError as e:
+        raise ModelError(f"cannot read {p}: {e.strerror or e}; check the file") from None
+    if size == 0:
+        raise ModelError(f"{p} is empty (0 bytes); re-download it")
+    if size > MAX_WEIGHTS_BYTES:
+        raise ModelError(f"{p} is {size / 2**30:.1f} GiB, more than the "
+                         f"{MAX_WEIGHTS_BYTES / 2**30:.1f} GiB a weights file may hold; check that "
+                         "it is a super-resolution model")
     if format == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -99,6 +112,7 @@ def read_state_dict(path: str | os.PathLike, format: str) -> dict[str, torch.Ten
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{p} is not a valid safetensors file ({e}); re-download it") from None
     elif format == "torch":
+        check_archive(p, str(p))  # the zip's declared sizes, before anything is inflated
         raw = _torch_load(p)
     else:
         raise ValueError(f"unknown weights format {format!r}")
@@ -169,7 +183,8 @@ def load_foreign(path: str | os.PathLike, *, format: str,
     try:
         with warnings.catch_warnings():  # e.g. torch.meshgrid's indexing note inside SwinIR
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
-            desc = spandrel.MAIN_REGISTRY.load(state)
+            with BuildBudget(4 * MAX_PARAMETERS, str(p)):  # judged before each allocation
+                desc = spandrel.MAIN_REGISTRY.load(state)
     except spandrel.UnsupportedModelError:
         raise ModelError(f"{p}: no architecture clipsr knows matches these weights (neither a "
                          f"clipsr checkpoint nor one of spandrel {spandrel.__version__}'s "
@@ -191,6 +206,7 @@ def load_foreign(path: str | os.PathLike, *, format: str,
         raise ModelError(f"{p} is a {name} model with {desc.input_channels} input and "
                          f"{desc.output_channels} output channels; clipsr runs RGB → RGB or "
                          "grayscale → grayscale models")
+    check_parameters(sum(t.numel() for t in desc.model.parameters()), str(p))
     model = ForeignModel(desc, source=str(p))
     return model.to(device)
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from clipsr_cli.errors import ModelError
+from clipsr_cli.io.files import open_regular
 
 __all__ = ["FORMAT", "MAX_HEADER_BYTES", "read_header"]
 
@@ -29,7 +30,7 @@ def read_header(path: str | os.PathLike) -> tuple[bytes, dict[str, dict], dict[s
                           "re-export it")
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, what="model file", error=ModelError) as f:  # no FIFO/device
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:

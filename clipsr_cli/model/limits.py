@@ -20,7 +20,8 @@ from clipsr_cli.errors import ModelError
 from clipsr_cli.model.config import SCALES, ModelConfig
 from clipsr_cli.model.network import CLIPSR
 
-__all__ = ["FLOAT_DTYPES", "RANGES", "check_config", "check_tensors", "checked_config",
+__all__ = ["FLOAT_DTYPES", "MAX_PARAMETERS", "MAX_WEIGHTS_BYTES", "RANGES", "BuildBudget",
+           "check_archive", "check_config", "check_parameters", "check_tensors", "checked_config",
            "expected_tensors"]
 
 #: Inclusive ranges of the integer fields (widths: of every entry). Far beyond every trained
@@ -153,3 +154,89 @@ def checked_config(config_json: str, tensors: Mapping[str, Mapping[str, Any]], *
     check_tensors(config, tensors, source=source)
     return config
 
+
+
+# -- third-party weights -------------------------------------------------------------------------
+#: Most parameters a third-party network may have (800 MB in float32). The largest published SR
+#: networks have under 50 M (HAT-L 41 M); a crafted state dict can make spandrel build far more.
+MAX_PARAMETERS = 200_000_000
+#: Most bytes a weights file may hold once read (its declared, uncompressed size): the tensors
+#: of a :data:`MAX_PARAMETERS` network with an EMA copy and an optimizer's two moments.
+MAX_WEIGHTS_BYTES = 4 * 4 * MAX_PARAMETERS
+
+_FACTORIES = frozenset({"empty", "zeros", "ones", "rand", "randn", "full", "empty_strided",
+                        "empty_like", "zeros_like", "ones_like", "rand_like", "randn_like",
+                        "full_like", "new_empty", "new_zeros", "new_ones", "new_full", "eye"})
+
+
+def _requested_bytes(name: str, args: tuple, kwargs: dict) -> int:
+    """Bytes a factory call would allocate (0 when its size cannot be told: not judged)."""
+    dtype = kwargs.get("dtype")
+    if name.endswith("_like") and args and isinstance(args[0], torch.Tensor):
+        return args[0].numel() * (dtype or args[0].dtype).itemsize
+    if name.startswith("new_") and args:
+        args = args[1:]  # the tensor itself
+    size = kwargs.get("size")
+    if size is None:
+        if name == "eye" and args:
+            size = (args[0], args[1] if len(args) > 1 and _is_int(args[1]) else args[0])
+        elif args and isinstance(args[0], (tuple, list, torch.Size)):
+            size = args[0]
+        else:
+            size = tuple(a for a in args if _is_int(a))
+            if name == "full":
+                size = size[:-1] if size and _is_int(args[-1]) else size
+    try:
+        n = math.prod(int(d) for d in size)
+    except (TypeError, ValueError):
+        return 0
+    return max(0, n) * (dtype or torch.get_default_dtype()).itemsize
+
+
+class BuildBudget(torch.overrides.TorchFunctionMode):
+    """Within ``with BuildBudget(limit, source):`` every tensor factory call (``torch.empty``,
+    ``zeros``, ``Tensor.new_empty``, …: how modules allocate their parameters) is judged
+    *before* it allocates: once the requested bytes add up to more than ``limit``, ModelError.
+    A network that a crafted state dict makes huge is thus refused without allocating it."""
+
+    def __init__(self, limit: int, source: str):
+        super().__init__()
+        self.limit, self.source, self.total = limit, source, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _FACTORIES and kwargs.get("device") != torch.device("meta"):
+            self.total += _requested_bytes(name, tuple(args), kwargs)
+            if self.total > self.limit:
+                raise ModelError(
+                    f"{self.source}: the network these weights describe needs more than "
+                    f"{self.limit / 2**30:.1f} GiB of parameters (over {MAX_PARAMETERS / 1e6:.0f} M; "
+                    "a real SR model has under 50 M); the file is damaged or crafted: do not "
+                    "use it")
+        return func(*args, **kwargs)
+
+
+def check_parameters(count: int, source: str) -> None:
+    """Refuse (ModelError) a built network of more than :data:`MAX_PARAMETERS` parameters."""
+    if count > MAX_PARAMETERS:
+        raise ModelError(f"{source}: {count / 1e6:.0f} M parameters, more than the limit of "
+                         f"{MAX_PARAMETERS / 1e6:.0f} M for a super-resolution network; the "
+                         "file is damaged or crafted: do not use it")
+
+
+def check_archive(path, source: str) -> None:
+    """Judge a ``torch.save`` zip archive by the sizes its directory declares, before a byte is
+    inflated: more than :data:`MAX_WEIGHTS_BYTES` in all (a 5 MB "zip bomb" that inflates to
+    GiBs) is a ModelError. Not a zip (the legacy format): nothing to judge here (its size is)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(max(0, i.file_size) for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    if total > MAX_WEIGHTS_BYTES:
+        raise ModelError(f"{source} declares {total / 2**30:.1f} GiB of data once unpacked, more "
+                         f"than the {MAX_WEIGHTS_BYTES / 2**30:.1f} GiB a weights file may hold; "
+                         "the file is damaged or crafted: do not use it")

@@ -20,9 +20,13 @@ from clipsr_cli.model.config import SCALES
 from clipsr_cli.tasks.outsize import OutputSize
 from clipsr_cli.tasks.sources import check_caption_options, parse_shard
 
-__all__ = ["check_values", "check_passes", "check_scale", "check_quality", "check_suffix",
-           "check_upscale", "check_batch", "check_edit", "sweep_strengths", "parse_crop_spec",
-           "check_eval", "RESIZERS"]
+#: Most images per forward pass (``batch_size``): far above what fits a GPU at useful sizes;
+#: the read-ahead queue holds twice as many decoded images.
+MAX_BATCH_SIZE = 256
+
+__all__ = ["MAX_BATCH_SIZE", "check_values", "check_passes", "check_scale", "check_quality",
+           "check_suffix", "check_upscale", "check_batch", "check_edit", "sweep_strengths",
+           "parse_crop_spec", "check_eval", "RESIZERS"]
 
 #: How ``eval`` makes the LR from an HR image.
 RESIZERS = ("matlab", "pil-bicubic", "lanczos")
@@ -94,9 +98,10 @@ def check_batch(*, skip_existing: bool = False, overwrite: bool = False, io_thre
         raise UsageError("`io_threads` must be 0 or more", param="io_threads")
     check_values(**engine)
     check_passes(passes)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"`batch_size` must be a whole number >= 1, not {batch_size!r}",
-                         param="batch_size")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise UsageError(f"`batch_size` must be a whole number from 1 to {MAX_BATCH_SIZE}, not "
+                         f"{batch_size!r}", param="batch_size")
     size = OutputSize.parse(outscale=outscale, width=width, height=height)
     if isinstance(shard, tuple) or (shard is not None and str(shard).strip().lower() != "auto"):
         parse_shard(shard)

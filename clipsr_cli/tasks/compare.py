@@ -30,13 +30,14 @@ from clipsr_cli.hub.resolve import ModelRef, known_scale, resolve
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.images import read_image, write_image
+from clipsr_cli.io.memory import check_output
 from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.quantise import quantise
 from clipsr_cli.tasks.checks import parse_crop_spec
 from clipsr_cli.tasks.upscale import check_text
 
-__all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose", "planned_scale",
-           "short_names"]
+__all__ = ["ModelRun", "Comparison", "compare", "parse_crop", "auto_crop", "compose", "layout",
+           "planned_scale", "short_names"]
 
 #: Widest panel of the grid, in pixels (larger outputs are shown downscaled; the crop is not).
 PANEL = 512
@@ -264,6 +265,28 @@ def _font(size: int):
     return ImageFont.load_default(size=size)  # bundled: no font files needed
 
 
+def layout(n: int, out: tuple[int, int], crop: tuple[int, int], lines: int, *, gap: int = 6):
+    """The grid's geometry for ``n`` columns of ``out`` = (W, H) outputs and a ``crop`` of
+    (w, h) output pixels: ((grid W, H), (panel w, h), (zoomed crop w, h), panel fit, font size).
+    The crop is zoomed by a whole factor (nearest neighbour) to fill a box as wide as the panel
+    and at most as tall as ``max(panel height, PANEL)``, or shrunk into it when it is larger:
+    a thin crop never makes a giant grid."""
+    out_w, out_h = out
+    w, h = crop
+    fit = min(1.0, PANEL / out_w)
+    pw, ph = max(1, round(out_w * fit)), max(1, round(out_h * fit))
+    box_h = max(ph, PANEL)
+    f = min(pw / w, box_h / h)
+    if f >= 1:
+        zw, zh = w * int(f), h * int(f)
+    else:
+        zw, zh = max(1, round(w * f)), max(1, round(h * f))
+    font_size = int(min(28, max(11, round(pw / 24))))
+    band = 2 * gap + lines * (font_size + max(2, font_size // 4))
+    cw = max(pw, zw)
+    return (n * cw + (n - 1) * gap, ph + gap + zh + band), (pw, ph), (zw, zh), fit, font_size
+
+
 def compose(columns: Sequence[ModelRun], crop: tuple[int, int, int, int], scale: int, *,
             gap: int = 6) -> np.ndarray:
     """The grid: per column the full output (crop outlined), the zoomed crop and the label."""
@@ -271,18 +294,16 @@ def compose(columns: Sequence[ModelRun], crop: tuple[int, int, int, int], scale:
 
     x, y, w, h = (v * scale for v in crop)
     out_h, out_w = columns[0].image.shape[:2]
-    fit = min(1.0, PANEL / out_w)
-    pw, ph = max(1, round(out_w * fit)), max(1, round(out_h * fit))
-    zoom = max(1, pw // w) if w <= pw else 1
-    zw, zh = (w * zoom, h * zoom) if w <= pw else (pw, max(1, round(h * pw / w)))
-    font_size = int(min(28, max(11, round(pw / 24))))
+    lines = max(len(c.label.split("\n")) for c in columns)
+    (gw, gh), (pw, ph), (zw, zh), fit, font_size = layout(len(columns), (out_w, out_h), (w, h),
+                                                          lines, gap=gap)
+    nearest = zw >= w  # zoomed by a whole factor (else shrunk into the box)
     font = _font(font_size)
     line_h = font_size + max(2, font_size // 4)
-    lines = max(len(c.label.split("\n")) for c in columns)
-    band = 2 * gap + lines * line_h
-    col_h = ph + gap + zh + band
     cw = max(pw, zw)
-    grid = Image.new("RGB", (len(columns) * cw + (len(columns) - 1) * gap, col_h), _BG)
+    check_output(gw, gh, bytes_per_pixel=3 * 3, what="the comparison grid",
+                 hint="choose a smaller `crop` or fewer `models`")
+    grid = Image.new("RGB", (gw, gh), _BG)
     draw = ImageDraw.Draw(grid)
     for i, col in enumerate(columns):
         left = i * (cw + gap)
@@ -293,7 +314,7 @@ def compose(columns: Sequence[ModelRun], crop: tuple[int, int, int, int], scale:
         draw.rectangle([left + x * fit, y * fit, left + (x + w) * fit - 1, (y + h) * fit - 1],
                        outline=_BOX, width=max(1, pw // 256))
         part = Image.fromarray(np.ascontiguousarray(col.image[y:y + h, x:x + w]), "RGB")
-        part = part.resize((zw, zh), Image.Resampling.NEAREST if w <= pw
+        part = part.resize((zw, zh), Image.Resampling.NEAREST if nearest
                            else Image.Resampling.LANCZOS)
         grid.paste(part, (left, ph + gap))
         for j, line in enumerate(col.label.split("\n")):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsr_cli.errors import InputError, UsageError
+from clipsr_cli.io.memory import check_output
 
 __all__ = ["OutputSize", "beyond_note", "format_factor", "resize_output"]
 
@@ -83,6 +84,13 @@ class OutputSize:
     def target(self, width: int, height: int, *, name: str = "the image") -> tuple[int, int]:
         """The output (width, height) for an input of ``width`` × ``height``; InputError when
         both ``width`` and ``height`` are given and do not keep its aspect ratio."""
+        size = self._target(width, height, name=name)
+        # judged before any work, with what the resize will need (see resize_output)
+        check_output(*size, bytes_per_pixel=_resize_bytes(2, True), what="the resized output",
+                     hint="ask for a smaller size")
+        return size
+
+    def _target(self, width: int, height: int, *, name: str) -> tuple[int, int]:
         if self.outscale is not None:
             return _half_up(self.outscale * width), _half_up(self.outscale * height)
         if self.width is not None and self.height is not None:
@@ -117,22 +125,22 @@ def _resize_channels(arr: np.ndarray, size: tuple[int, int], maxv: float) -> np.
     return np.clip(out, 0.0, maxv, out=out)
 
 
+def _resize_bytes(itemsize: int, alpha: bool) -> int:
+    """Bytes a resized pixel costs: the result, plus float32 channels for 16-bit or alpha."""
+    return 3 * itemsize + (16 if itemsize > 1 or alpha else 0)
+
+
 def resize_output(rgb: np.ndarray, alpha, size: tuple[int, int]):
     """Resize an upscaled (H, W, 3) uint8/uint16 array (and its alpha: a (1, 1, H, W) tensor in
     [0, 1], or None) to ``size`` = (width, height); the same arrays back when already that size."""
     w, h = size
     if rgb.shape[1] == w and rgb.shape[0] == h:
         return rgb, alpha
-    need = w * h * (3 * rgb.itemsize + (16 if rgb.dtype != np.uint8 or alpha is not None else 0))
-    from clipsr_cli.infer.devices import available_memory
-
     import torch
-
-    avail = available_memory(torch.device("cpu"))
-    if need > 0.8 * avail:
-        raise InputError(f"the {w}×{h} output needs {need / 2**30:.1f} GiB of memory but only "
-                         f"{avail / 2**30:.1f} GiB is available; ask for a smaller size")
     from PIL import Image
+
+    check_output(w, h, bytes_per_pixel=_resize_bytes(rgb.itemsize, alpha is not None),
+                 what="the resized output", hint="ask for a smaller size")
 
     if rgb.dtype == np.uint8:
         im = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")

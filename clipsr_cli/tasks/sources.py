@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence, TextIO
 
 from clipsr_cli.data.captions import CaptionTable, sidecar_captions
 from clipsr_cli.errors import InputError, UsageError, log
+from clipsr_cli.io.files import read_text_regular
 from clipsr_cli.io.formats import READ_EXTENSIONS
 
 __all__ = ["CaptionFn", "Discovery", "SHARD_COUNT_VAR", "Source", "caption_source", "discover",
@@ -84,7 +85,7 @@ def _read_list(arg: str, stdin: TextIO | None) -> list[str]:
         return _list_entries((stdin or sys.stdin).read())
     listing = Path(arg[1:]).expanduser()
     try:
-        return _list_entries(listing.read_text(encoding="utf-8-sig"))
+        return _list_entries(read_text_regular(listing, what="list file", encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"list file {listing} does not exist; check the path after @") from None
     except (OSError, UnicodeDecodeError) as e:
