@@ -87,3 +87,26 @@ class DataError(ClipsrError):
 
 class TrainingError(ClipsrError):
     """Training cannot continue (NaN loss, incompatible resume, ...)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: MemoryError, or the RuntimeError torch raises
+    (``[enforce fail at alloc_cpu.cpp] ... can't allocate memory``, CUDA out of memory)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory",
+                            "defaultcpuallocator", "bad_alloc"))
+
+
+def summary(e: BaseException, limit: int = 200) -> str:
+    """A third-party error in one whole line: its first line, cut at a word (with …) when
+    longer than ``limit``; an allocation failure in words instead of an allocator's trace."""
+    if is_out_of_memory(e):
+        return "not enough memory"
+    lines = str(e).strip().splitlines()
+    first = lines[0].strip() if lines else type(e).__name__
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+    return first

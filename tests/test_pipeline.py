@@ -38,8 +38,11 @@ def test_x16_is_the_x4_network_twice_and_x8_is_x4_then_bicubic(x4):
     x16 = Upscaler.load(scale=16, device="cpu", precision="fp32", tile=0)
     x8 = Upscaler.load(scale=8, device="cpu", precision="fp32", tile=0)
     assert isinstance(x16, Pipeline) and x16.scale == 16 and x8.scale == 8
-    assert torch.equal(x16.upscale_tensor(lr, strength=0.0), x4.upscale_tensor(once, strength=1.0))
-    assert torch.equal(x8.upscale_tensor(lr, strength=0.0), imresize(once, 2).clamp(0, 1))
+    # equal up to float rounding: band-by-band stages run other kernel shapes than whole images
+    torch.testing.assert_close(x16.upscale_tensor(lr, strength=0.0),
+                               x4.upscale_tensor(once, strength=1.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(x8.upscale_tensor(lr, strength=0.0),
+                               imresize(once, 2).clamp(0, 1), rtol=0, atol=1e-5)
     assert x16.upscale(lr[0]).shape == (3, 40 * 16, 36 * 16)
 
 
@@ -141,7 +144,8 @@ def test_banded_resize_equals_the_whole_image_resize(factor):
     x = torch.rand(1, 3, 70, 41, generator=torch.Generator().manual_seed(factor))
     bands = list(imresize_bands(x, factor, rows=16))
     assert [y0 for y0, _ in bands] == [r * factor for r in range(0, 70, 16)]
-    assert torch.equal(torch.cat([b for _, b in bands], dim=-2), imresize(x, factor))
+    torch.testing.assert_close(torch.cat([b for _, b in bands], dim=-2), imresize(x, factor),
+                               rtol=0, atol=1e-6)  # bands: other matmul shapes, same weights
 
 
 def test_inspect_describes_a_pipeline_and_its_stages():

@@ -33,8 +33,18 @@ def test_forward_is_reconstruct_of_lr_features(model):
         whole = model(lr, cond)
         feats = model.lr_features(lr, cond)
         assert feats.shape == (1, model.config.encoder_widths[0], 20, 28)
-        assert torch.equal(model.reconstruct(feats, lr, cond), whole)
+        assert same(model.reconstruct(feats, lr, cond), whole)
     assert model.info.two_phase and model.info.tail_overlap == 4
+
+
+#: Tiles of another shape run other kernel blockings (another summation order): on some CPUs
+#: (AVX-512 vs AVX2 vs none) the results differ in the last bit (5.96e-8 seen on an AMD EPYC).
+#: "Exact" therefore means equal up to float32 rounding, never bit for bit across shapes.
+TOL = 1e-5
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and (a - b).abs().max().item() <= TOL
 
 
 def _counting(up, monkeypatch):
@@ -69,18 +79,18 @@ def test_both_phases_tiled_equal_untiled(model, tile, monkeypatch):
 
 def test_tail_tiles_are_exact_and_the_margin_is_tight(model, monkeypatch):
     """The tail's margin is its exact receptive field: tail tiles alone reproduce the untiled
-    output to the last bit (fp32), and one LR pixel less does not."""
+    output up to float rounding (fp32), and one LR pixel less does not."""
     lr = torch.rand(1, 3, 40, 52)
     a = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale_tensor(lr, "a red bird")
     up = Upscaler(model, device="cpu", precision="fp32")
     monkeypatch.setattr(up, "_tile_size", lambda h, w: 1000)  # the LR part in one tile
     monkeypatch.setattr(up, "_tail_tiles", lambda h, w: (8, 12))
     calls = _counting(up, monkeypatch)
-    assert torch.equal(up.upscale_tensor(lr, "a red bird"), a)
+    assert same(up.upscale_tensor(lr, "a red bird"), a)
     assert calls["lr"] == 1 and calls["tail"] == 5 * 5
     info = model.info
     monkeypatch.setattr(model, "_info", dataclasses.replace(info, tail_overlap=info.tail_overlap - 1))
-    assert not torch.equal(up.upscale_tensor(lr, "a red bird"), a)
+    assert (up.upscale_tensor(lr, "a red bird") - a).abs().max() > TOL  # beyond rounding (7e-5)
 
 
 @pytest.mark.parametrize("scale", [2, 8, 16])
@@ -91,12 +101,12 @@ def test_tail_radius_at_every_scale(scale, monkeypatch):
     up = Upscaler(m, device="cpu", precision="fp32", tile=8)  # 8 < the LR overlap: raised to it
     assert (up.upscale_tensor(lr) - a).abs().max().item() <= 1 / 255
     monkeypatch.setattr(up, "_tile_size", lambda h, w: 1000)
-    assert torch.equal(up.upscale_tensor(lr), a)
+    assert same(up.upscale_tensor(lr), a)
 
 
 def test_auto_splits_on_the_cpu_and_keeps_the_untiled_result(monkeypatch):
     """On the CPU 'auto' always splits (cache-sized tail tiles are faster); while the LR part
-    fits the budget it runs in one tile, and the result is the untiled one, bit for bit."""
+    fits the budget it runs in one tile, and the result is the untiled one (up to rounding)."""
     m = _model(4, text=False)
     lr = torch.rand(1, 3, 96, 128)
     a = Upscaler(m, device="cpu", precision="fp32", tile=0).upscale_tensor(lr)
@@ -110,13 +120,13 @@ def test_auto_splits_on_the_cpu_and_keeps_the_untiled_result(monkeypatch):
     assert cols == 0 and 16 <= rows <= 40  # full-width bands
     b = up.upscale_tensor(lr)
     assert calls["whole"] == 0 and calls["lr"] == 1 and calls["tail"] == -(-96 // rows)
-    assert torch.equal(a, b)
+    assert same(a, b)
     # a budget too small for the whole forward but large enough for the LR part: one LR tile
     up = Upscaler(m, device="cpu", precision="fp32",
                   memory=int(4 * 40 * 128 * m.bytes_per_lr_pixel(4)))  # a setting, not a patch
     assert up._tile_size(96, 128) > 128
     calls.update(lr=0, tail=0, whole=0)
-    assert torch.equal(up.upscale_tensor(lr), a) and calls["lr"] == 1 and calls["whole"] == 0
+    assert same(up.upscale_tensor(lr), a) and calls["lr"] == 1 and calls["whole"] == 0
     # a wide image gets squares rather than thin bands
     assert up._tail_tiles(96, 4000)[1] > 0
 

@@ -21,7 +21,7 @@ from clipsr_cli.cli import signals
 from clipsr_cli.cli.console import cli_words, err_console, state, use_command
 from clipsr_cli.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401
                                   EXIT_PARTIAL, EXIT_USAGE)
-from clipsr_cli.errors import ClipsrError
+from clipsr_cli.errors import ClipsrError, is_out_of_memory
 
 
 class _Argument(TyperArgument):
@@ -42,6 +42,33 @@ class _Argument(TyperArgument):
         return None
 
 
+def _refuse_repeated(cmd, args: list[str]) -> None:
+    """A usage error (exit 2) for an option of one value given more than once (``-t a -t b``):
+    Click would silently keep the last one. Flags and options that take many values are free."""
+    single = {}
+    for p in cmd.params:
+        if getattr(p, "param_type_name", "") == "option" and not (
+                p.multiple or p.count or p.is_flag):
+            for opt in p.opts:
+                single[opt] = p
+    seen: dict[str, int] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            break
+        opt = tok.split("=", 1)[0] if tok.startswith("--") else tok[:2]
+        p = single.get(opt) if tok.startswith("-") else None
+        if p is not None:
+            seen[p.name] = seen.get(p.name, 0) + 1
+            if seen[p.name] > 1:
+                raise typer.BadParameter(f"{p.opts[0]} was given {seen[p.name]} times, but it takes "
+                                       "one value; pass it once (run the command once per value)")
+            if tok == opt:  # the value is the next argument: never read as an option
+                i += 1
+        i += 1
+
+
 class _Group(TyperGroup):
     """Turns every ``ClipsrError`` (from any command) into one line on stderr and its exit
     status (``UsageError``: 2)."""
@@ -56,6 +83,7 @@ class _Group(TyperGroup):
             for p in cmd.params:
                 if type(p) is TyperArgument:
                     p.__class__ = _Argument
+            _refuse_repeated(cmd, rest)
         return name, cmd, rest
 
     def invoke(self, ctx):
@@ -71,7 +99,9 @@ class _Group(TyperGroup):
             signals.note(getattr(e, "signum", signal.SIGINT))
             err_console.print("[yellow]interrupted[/]", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except MemoryError:
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
             if state.verbose:
                 err_console.print_exception()
             err_console.print("[bold red]error:[/] out of memory; use a smaller --tile "

@@ -8,10 +8,10 @@ the path is written to stdout as it stands.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
-import typer
 from rich.console import Console
 
 from clipsr_cli.cli.console import cli_words, info, state
@@ -23,6 +23,14 @@ _MAX_LISTED = 20  # failures listed in the summary; --report has them all
 def reason_line(f: FileResult) -> str:
     reason = cli_words(f.reason or "failed")
     return reason if f.input in reason else f"{f.input}: {reason}"
+
+
+def echo_path(line: str) -> None:
+    """A written path on stdout as the bytes the file system has: a name that is not UTF-8
+    (held as surrogate escapes) comes out as it is on disk, never as an encoding error."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(os.fsencode(line) + b"\n")
+    sys.stdout.buffer.flush()
 
 
 def _stdout_is_terminal() -> bool:
@@ -39,7 +47,7 @@ class BatchView:
 
     def __init__(self, console: Console, *, quiet: bool = False, verbose: bool = False,
                  same_terminal: bool | None = None,
-                 echo: Callable[[str], None] = typer.echo):
+                 echo: Callable[[str], None] = echo_path):
         self.console, self.quiet, self.verbose, self.echo = console, quiet, verbose, echo
         self.same_terminal = _stdout_is_terminal() if same_terminal is None else same_terminal
         self.bar = None

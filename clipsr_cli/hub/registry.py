@@ -144,8 +144,8 @@ def _parse_entry(raw: Any, *, origin: str, index: int) -> ModelEntry:
     if source not in ("url", "package"):
         raise bad(f"'source' must be 'url' or 'package', not {source!r}")
     file = raw["file"]
-    if not file or file in (".", "..") or "/" in file or "\\" in file:
-        raise bad("'file' must be a plain file name, without directories")
+    if not file or file in (".", "..") or any(c in file for c in "/\\\0"):
+        raise bad("'file' must be a plain file name, without directories or NUL bytes")
     sha = raw["sha256"]
     if not _SHA_RE.match(sha):
         raise bad("'sha256' must be 64 lower-case hex digits")
@@ -252,14 +252,14 @@ def parse_registry_file(path: str | os.PathLike) -> tuple[ModelEntry, ...]:
     """Parse one registry file; raises ``ModelError`` naming the file (and entry) on any problem."""
     path = Path(path)
     try:
-        data = tomllib.loads(read_text_regular(path, max_bytes=16 << 20,  # (a few KB)
-                                               what="registry file", error=ModelError))
+        data = tomllib.loads(read_text_regular(path, max_bytes=16 << 20, what="registry file",
+                                               error=ModelError))  # (16 MiB: a few KB)
     except FileNotFoundError:
         raise ModelError(f"registry file not found: {path}; fix the path or unset "
                          "CLIPSR_REGISTRY") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ModelError(f"cannot read registry file {path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:  # Recursion: arrays nested 1000s deep
         raise ModelError(f"{path}: not valid TOML ({e}); fix the registry file") from None
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.errors import InputError
+from clipsr_cli.errors import InputError, ModelError
 from clipsr_cli.infer.degradation import Degradation, Strength, choose_strength
 from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io import images as imageio
@@ -25,7 +25,7 @@ from clipsr_cli.io.quantise import levels, quantise
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = ["Engine", "ProgressFn", "StrengthLike", "upscale_alpha"]
+__all__ = ["Engine", "ProgressFn", "StrengthLike", "finite", "upscale_alpha"]
 
 
 StrengthLike = Strength | float | None
@@ -129,6 +129,16 @@ class Engine:
         alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
         return rgb, alpha
 
+
+
+def finite(out: torch.Tensor, name: str) -> torch.Tensor:
+    """``out`` (the network's raw output, before clamping: a clamp hides ±inf) if every value is
+    finite; else ModelError: a NaN/inf result is never quantised and written as black."""
+    if not bool(torch.isfinite(out).all()):
+        raise ModelError(f"model {name} produced non-finite values (NaN or inf); nothing was "
+                         "written. Its weights are damaged, or it overflowed in half precision: "
+                         "check the model file, or pass `precision='fp32'`")
+    return out
 
 
 def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from clipsr_cli.infer.degradation import Strength
+from clipsr_cli.infer.base import finite
 from clipsr_cli.infer.engine import Upscaler, upscale_alpha
 from clipsr_cli.infer.tiling import count_tiles, pad_to_multiple, plan_tiles
 from clipsr_cli.io.images import LoadedImage
@@ -81,7 +82,7 @@ def upscale_images(up, images: Sequence[LoadedImage], texts: Sequence[str | None
             xp = xp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=st.dtype, enabled=st.dtype != torch.float32):
             y = up.model(xp, cond, (0, 0))
-        y = y.float()[:, :, :h * s, :w * s].clamp_(0, 1)
+        y = finite(y.float()[:, :, :h * s, :w * s], up.name).clamp_(0, 1)
         out = []
         for k, im in enumerate(images):
             q = quantise(y[k], im.bit_depth).transpose(1, 2, 0)

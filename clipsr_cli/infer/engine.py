@@ -35,7 +35,7 @@ from clipsr_cli.errors import InputError, ModelError, log
 from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef, Registered,
                                     clip_weights_file, resolve)
 from clipsr_cli.infer.devices import available_memory as _available_memory
-from clipsr_cli.infer.base import Engine, ProgressFn, upscale_alpha
+from clipsr_cli.infer.base import Engine, ProgressFn, finite, upscale_alpha
 from clipsr_cli.infer.degradation import WeightBlend, partner_weights
 from clipsr_cli.infer.devices import resolve_device, resolve_precision, supported_dtype
 from clipsr_cli.infer.options import EngineOptions
@@ -258,7 +258,7 @@ class Upscaler(Engine):
             for y0, band in self._run(xp, cond, self._tile_size(h, w), progress):
                 if y0 >= h * s:
                     break
-                band = band[:, :, :h * s - y0, :w * s].clamp_(0, 1)
+                band = finite(band[:, :, :h * s - y0, :w * s], self.name).clamp_(0, 1)
                 yield y0, band
 
     def _run(self, xp: torch.Tensor, cond, tile: int, progress: ProgressFn | None):

@@ -29,8 +29,22 @@ from clipsr_cli.errors import InputError, OutputExistsError, UsageError
 from clipsr_cli.io.atomic import atomic_write, is_stream
 from clipsr_cli.io.formats import IMAGE_EXTENSIONS, extension_for
 
-__all__ = ["check_destination", "check_report", "check_stdout", "is_kept", "output_path_for", "resolve_destination", "same_file",
+__all__ = ["check_destination", "check_name", "check_report", "check_stdout", "is_kept", "output_path_for", "resolve_destination", "same_file",
            "write_atomic", "write_bytes_atomic", "write_stdout"]
+
+
+#: Longest file name (bytes) on Linux, macOS and Windows file systems.
+_NAME_MAX = 255
+
+
+def check_name(path: str | os.PathLike[str], *, param: str = "output") -> None:
+    """InputError when ``path``'s file name is longer than a file system allows (e.g. a
+    derived ``<250-character stem>_x4.png``), before any work."""
+    name = Path(path).name
+    if len(os.fsencode(name)) > _NAME_MAX:
+        raise InputError(f"the output name {name[:40]}… is {len(os.fsencode(name))} bytes, more "
+                         f"than a file name may have ({_NAME_MAX}); choose a shorter `{param}`"
+                         + (" or `suffix`" if param == "output" else ""))
 
 
 def output_path_for(input_path: str | os.PathLike[str], scale: int, *, format: str | None = None,
@@ -97,6 +111,7 @@ def check_destination(path: str | os.PathLike[str], *, source: str | os.PathLike
     ``overwrite``), or is one of ``keep`` (see :func:`is_kept`: no flag covers those).
     """
     path = Path(path)
+    check_name(path, param=param)
     if (kept := is_kept(path, keep)) is not None:
         raise OutputExistsError(f"refusing to replace {kept}: it is an input of this run (or "
                                 f"another of its outputs); choose another `{param}`", path=path)

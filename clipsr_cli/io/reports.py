@@ -44,7 +44,13 @@ def to_json_text(data: Mapping, *, version: int | str | None = None) -> str:
         if "version" in data and data["version"] != version:
             raise ValueError(f"the report says version {data['version']!r}, not {version!r}")
         data = {"version": version, **{k: v for k, v in data.items() if k != "version"}}
-    return json.dumps(strict_json(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(strict_json(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # file names that are not UTF-8 (surrogate-escaped bytes): kept
+        # losslessly as \udcXX escapes, which strict JSON readers load and os.fsencode() reverts
+        text = json.dumps(strict_json(data), indent=2, ensure_ascii=True, allow_nan=False) + "\n"
+    return text
 
 
 def write_json(path: str | os.PathLike[str], data: Mapping, *, version: int | str | None,
@@ -70,5 +76,6 @@ def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping], *, fields: 
     w.writeheader()
     for row in rows:
         w.writerow({k: _cell(v) for k, v in row.items()})
-    return write_bytes_atomic(path, buf.getvalue().encode("utf-8"), overwrite=overwrite,
-                              param=param)
+    # names that are not UTF-8 are written back as the bytes they were (lossless)
+    return write_bytes_atomic(path, buf.getvalue().encode("utf-8", "surrogateescape"),
+                              overwrite=overwrite, param=param)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsr_cli.errors import ModelError
+from clipsr_cli.errors import ModelError, is_out_of_memory, summary
 from clipsr_cli.io.files import check_regular
 from clipsr_cli.model.config import ModelInfo
 from clipsr_cli.model.limits import (MAX_PARAMETERS, MAX_WEIGHTS_BYTES, BuildBudget, check_archive,
@@ -128,20 +128,22 @@ def _torch_load(p: Path):
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"refusing to load {p}: it stores Python objects besides tensors, and "
                          "reading them would need a full unpickle, which can run arbitrary code "
-                         f"({first[:160]}); convert it to .safetensors with a tool you trust"
+                         f"({summary(e)}); convert it to .safetensors with a tool you trust"
                          ) from None
-    except RuntimeError as e:
+    except (RuntimeError, MemoryError) as e:
+        if is_out_of_memory(e):
+            raise ModelError(f"not enough memory to read {p}; close other programs, or check "
+                             "that it is a super-resolution model's weights") from None
         if "TorchScript" in str(e):
             raise ModelError(f"refusing to load {p}: it is a TorchScript archive (code, not just "
                              "weights); use the model's .pth or .safetensors weights") from None
         raise ModelError(f"{p} is not a readable PyTorch weights file "
-                         f"({str(e).splitlines()[0][:160]}); re-download it") from None
+                         f"({summary(e)}); re-download it") from None
     except (EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ModelError(f"{p} is not a readable PyTorch weights file ({e}); re-download it"
-                         ) from None
+        raise ModelError(f"{p} is not a readable PyTorch weights file ({summary(e)}); "
+                         "re-download it") from None
 
 
 def _unwrap(raw, p: Path) -> dict[str, torch.Tensor]:
@@ -190,10 +192,9 @@ def load_foreign(path: str | os.PathLike, *, format: str,
                          f"clipsr checkpoint nor one of spandrel {spandrel.__version__}'s "
                          "architectures); see 'clipsr inspect --help'") from None
     except (KeyError, RuntimeError, ValueError, AssertionError, TypeError, IndexError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ModelError(f"{p}: the weights look like a known architecture but do not load "
-                         f"({first}); the file is damaged or a variant spandrel does not support"
-                         ) from None
+                         f"({summary(e)}); the file is damaged or a variant spandrel does not "
+                         "support") from None
     name = desc.architecture.name
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise ModelError(f"{p} is a {name} model ({desc.purpose}), not a super-resolution model; "

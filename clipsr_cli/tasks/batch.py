@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
-from clipsr_cli.errors import InputError, OutputExistsError, UsageError, log
+from clipsr_cli.errors import InputError, OutputExistsError, UsageError, is_out_of_memory, log
 from clipsr_cli.infer.degradation import Strength
 from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.io.atomic import remove_stale_temporaries
@@ -78,7 +78,7 @@ def _file_errors() -> tuple[type[BaseException], ...]:
 def _reason(e: BaseException) -> str:
     if isinstance(e, InputError):
         return str(e)
-    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+    if is_out_of_memory(e):
         return "out of memory; use a smaller `tile` (e.g. `tile=128`)"
     return f"{type(e).__name__}: {e}"
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from clipsr_cli.errors import ModelError, UsageError
+from clipsr_cli.errors import InputError, ModelError, UsageError
 from clipsr_cli.hub.resolve import ClipsrFile, resolve
-from clipsr_cli.io import outputs
+from clipsr_cli.io import outputs as policy
 from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.tasks.batch_report import EXISTS, BatchResult, FileResult, report_path
 from clipsr_cli.tasks.sources import Discovery, Source, shard_of
@@ -48,7 +48,7 @@ def check_report(report: str | os.PathLike, *, shard: tuple[int, int] | None,
     jobs = list(jobs)
     keep = [a[1:] if a.startswith("@") else a for a in inputs]
     keep += [captions, *(j.source.path for j in jobs), *(j.dest for j in jobs)]
-    return outputs.check_report(report_path(report, shard), keep=keep)
+    return policy.check_report(report_path(report, shard), keep=keep)
 
 
 def checkpoint_scale(model: str | None) -> int | None:
@@ -86,6 +86,11 @@ def plan(found: Discovery, every: list[Job], result: BatchResult, *, shard, skip
             continue
         dest = job.dest.resolve()
         entry = (str(job.source.path), str(job.dest))
+        try:
+            policy.check_name(job.dest)
+        except InputError as e:
+            result.files.append(FileResult(*entry, "failed", str(e)))
+            continue
         if dest == src:
             result.files.append(FileResult(*entry, "failed", "the output would replace the "
                                            "input; pass `suffix` or another `output`"))

@@ -180,7 +180,10 @@ def evaluate(*, upscaler, data: str | os.PathLike, text: str | None = None,
             caption = table.first(sample.path)
         elif caption is None and caps:
             caption = caps[0]
-        hr = crop_to_multiple(_to_tensor(img), s)
+        try:
+            hr = crop_to_multiple(_to_tensor(img), s)
+        except DataError:  # smaller than the scale (a 1×1 image): this file only
+            hr = torch.zeros(1, 3, 0, 0)
         h, w = hr.shape[-2:]
         if min(h, w) <= 2 * s + 10:
             report.notes.append(f"skipped {sample.path.name}: too small for ×{s} ({img.size[0]}×"
