@@ -274,14 +274,16 @@ def test_an_output_size_beyond_the_limit_is_refused_before_work(tmp_path, tiny_c
 
 
 def test_a_thin_compare_crop_never_makes_a_giant_grid(tmp_path, tiny_ckpt):
+    from clipsr_cli.infer.options import EngineOptions
     from clipsr_cli.tasks.compare import PANEL, compare
 
     img = _png(tmp_path / "a.png", 64)
-    res = compare(input=img, models=[str(tiny_ckpt(2))], crop="0,0,1,64", device="cpu",
-                  output=tmp_path / "g.png")
+    res = compare(input=img, models=[str(tiny_ckpt(2))], crop="0,0,1,64",
+                  options=EngineOptions(device="cpu"), output=tmp_path / "g.png")
     h, w = res.grid.shape[:2]
     assert h < 128 + PANEL + 100, (h, w)  # panel + zoomed crop box + labels
-    res = compare(input=img, models=[str(tiny_ckpt(2))], crop="0,0,64,1", device="cpu")
+    res = compare(input=img, models=[str(tiny_ckpt(2))], crop="0,0,64,1",
+                  options=EngineOptions(device="cpu"))
     assert res.grid.shape[0] < 128 + PANEL + 100
 
 

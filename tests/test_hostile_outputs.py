@@ -36,6 +36,11 @@ def _images(folder, n=2, size=12):
 @pytest.fixture
 def no_model_work(monkeypatch):
     """Any image decode or model load fails the test: the refusal must come first."""
+    import clipsr_cli.tasks.batch  # noqa: F401  (bound to the real functions first: a module
+    import clipsr_cli.tasks.compare  # noqa: F401   imported under this patch would keep it)
+    import clipsr_cli.tasks.edit  # noqa: F401
+    import clipsr_cli.tasks.evaluate  # noqa: F401
+
     def boom(*a, **k):
         raise AssertionError("work started before the report path was judged")
 

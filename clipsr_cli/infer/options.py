@@ -21,10 +21,16 @@ from clipsr_cli.infer.values import check_device, check_precision, parse_tiling
 __all__ = ["EngineOptions"]
 
 
-def _whole(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"`{name}` must be a whole number >= {minimum}, not {value!r}",
-                         param=name)
+#: Most images per forward pass (``batch_size``): far above what fits a GPU at useful sizes;
+#: the read-ahead queue holds twice as many decoded images (and planning is per size).
+MAX_BATCH_SIZE = 256
+
+
+def _whole(value: object, name: str, minimum: int, maximum: int | None = None) -> int:
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        which = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise UsageError(f"`{name}` must be a whole number {which}, not {value!r}", param=name)
     return value
 
 
@@ -57,7 +63,7 @@ class EngineOptions:
         object.__setattr__(self, "tile", tile)
         object.__setattr__(self, "tile_overlap", overlap)
         _whole(self.passes, "passes", 1)
-        _whole(self.batch_size, "batch_size", 1)
+        _whole(self.batch_size, "batch_size", 1, MAX_BATCH_SIZE)
         if self.memory is not None:
             _whole(self.memory, "memory", 1)
         if not isinstance(self.degradation, Degradation):

@@ -13,16 +13,13 @@ import math
 from typing import Sequence
 
 from clipsr_cli.errors import UsageError
+from clipsr_cli.infer.options import MAX_BATCH_SIZE
 from clipsr_cli.infer.values import check_device, check_precision, parse_tiling
 from clipsr_cli.io.formats import normalise_format
 from clipsr_cli.io.outputs import output_path_for
 from clipsr_cli.model.config import SCALES
 from clipsr_cli.tasks.outsize import OutputSize
 from clipsr_cli.tasks.sources import check_caption_options, parse_shard
-
-#: Most images per forward pass (``batch_size``): far above what fits a GPU at useful sizes;
-#: the read-ahead queue holds twice as many decoded images.
-MAX_BATCH_SIZE = 256
 
 __all__ = ["MAX_BATCH_SIZE", "check_values", "check_passes", "check_scale", "check_quality",
            "check_suffix", "check_upscale", "check_batch", "check_edit", "sweep_strengths",
