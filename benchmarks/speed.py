@@ -78,11 +78,12 @@ def span_net():
 
 def _load(model: str, **kw):
     """A clipsr engine: ``default:S`` is what `clipsr upscale -s S` runs, else a name or file."""
+    from clipsr_cli.infer.options import EngineOptions
     from clipsr_cli.tasks.upscale import load_upscaler
 
     if model.startswith("default:"):
-        return load_upscaler(model=None, scale=int(model.split(":")[1]), tile_overlap=None, **kw)
-    return load_upscaler(model=model, scale=None, tile_overlap=None, **kw)
+        return load_upscaler(model=None, scale=int(model.split(":")[1]), options=EngineOptions(**kw))
+    return load_upscaler(model=model, scale=None, options=EngineOptions(**kw))
 
 
 def _network(which: str):
