@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli.app import app
-from clipsr_cli.errors import ModelError, summary
+from clipsr_cli.errors import ModelError
 
 runner = CliRunner()
 
@@ -102,6 +102,8 @@ def test_an_output_name_too_long_is_refused_before_work(tmp_path, tiny_ckpt):
 
 # -- item 9 ---------------------------------------------------------------------------------------
 def test_third_party_errors_are_whole_lines():
+    from clipsr_cli.errors import summary
+
     long = RuntimeError("word " * 100 + "\nsecond line")
     s = summary(long)
     assert s.endswith("…") and len(s) <= 201 and s[:-1].endswith("word")
