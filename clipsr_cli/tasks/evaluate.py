@@ -35,7 +35,7 @@ from clipsr_cli.tasks.checks import RESIZERS, check_eval  # noqa: F401 (RESIZERS
 REPORT_VERSION = 3  # 3: one entry per LR condition (`degrade`) under "conditions"
 CSV_FIELDS = ("degrade", "name", "width", "height", "caption", "bicubic_psnr", "model_psnr", "gain",
               "bicubic_ssim", "model_ssim", "bicubic_psnr_rgb", "model_psnr_rgb", "clip_score",
-              "smooth_fraction", "smooth_delta", "invented_texture")
+              "smooth_fraction", "smooth_delta", "invented_texture", "denoise", "denoise_reason")
 
 
 @dataclass(frozen=True)
