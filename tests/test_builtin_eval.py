@@ -21,12 +21,16 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
 def test_builtin_file_matches_registry_sha256_and_size():
     from clipsr_cli.hub.registry import load_registry
 
-    entry = load_registry().get("clipsr-lite-x4")
-    data = (WEIGHTS / entry.file).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == entry.sha256
-    assert len(data) == entry.size and len(data) < 10.5e6
-    assert entry.scale == 4 and not entry.text_guided
-    assert sorted(p.name for p in WEIGHTS.glob("*.safetensors")) == ["clipsr-lite-x4.safetensors"]
+    reg = load_registry()
+    for name in ("clipsr-lite-x4", "clipsr-general-x4"):
+        entry = reg.get(name)
+        data = (WEIGHTS / entry.file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry.sha256
+        assert len(data) == entry.size and len(data) < 10.5e6
+        assert entry.scale == 4 and not entry.text_guided
+    assert reg.get("clipsr-lite-x4").degradation_model == "clipsr-general-x4"
+    assert sorted(p.name for p in WEIGHTS.glob("*.safetensors")) == [
+        "clipsr-general-x4.safetensors", "clipsr-lite-x4.safetensors"]
 
 
 def test_builtin_x8_and_x16_are_pipelines_of_the_x4_network():
@@ -119,7 +123,7 @@ def test_eval_csv_report_and_bad_report_name(tmp_path, tiny_ckpt):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r.csv").read_text().startswith("degrade,name,width,height")
     r = runner.invoke(app, ["eval", "--data", str(d), "-m", ck, "--report", str(tmp_path / "r.txt")])
-    assert r.exit_code == 1 and "json or .csv" in r.stderr
+    assert r.exit_code == 2 and "json or .csv" in r.stderr  # a usage error, before any work
 
 
 def test_eval_empty_folder_is_a_clear_error(tmp_path, tiny_ckpt):

@@ -225,7 +225,7 @@ def test_resume_with_a_damaged_checkpoint_and_no_export(tmp_path):
     (["--val-every", "0"], "--val-every"),
     (["--workers", "-1"], "--workers must be >= 0"),
     (["--format", "cubs"], "unknown dataset format 'cubs'"),
-    (["--precision", "fp64"], "must be one of"),
+    (["--precision", "fp64"], "unknown precision 'fp64'"),
     (["--degradation", "blur"], "must be one of"),
     (["--preset", "fast"], "unknown preset 'fast'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
@@ -236,8 +236,9 @@ def test_cli_bad_values_are_usage_errors(tmp_path, args, words):
     from clipsr_cli.cli.app import app
 
     data = _photos(tmp_path / "p", n=1)
+    device = [] if "--device" in args else ["--device", "cpu"]  # an option given twice is refused
     r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r"),
-                                 "--clip", "none", "--device", "cpu", "-q", *args])
+                                 "--clip", "none", *device, "-q", *args])
     lines = [l for l in r.output.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and words in lines[0], r.output
 
