@@ -19,10 +19,19 @@ from tests.test_train import _cfg, _photos
 
 
 def test_model_section_is_model_config_less_what_is_set_elsewhere():
-    section = {f.name: f.default for f in dataclasses.fields(ModelSection)}
-    model = {f.name: f.default for f in dataclasses.fields(ModelConfig)
-             if f.name not in MODEL_KEYS_ELSEWHERE}
-    assert section == model and "negative_slope" in section
+    # ModelSection is written out (visible to type checkers); this keeps it in step with
+    # ModelConfig: same names in the same order, same types, same defaults
+    from typing import get_type_hints
+
+    def shape(cls, skip=()):
+        hints = get_type_hints(cls)
+        return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)
+                if f.name not in skip]
+
+    assert shape(ModelSection) == shape(ModelConfig, MODEL_KEYS_ELSEWHERE)
+    assert set(MODEL_KEYS_ELSEWHERE) <= {f.name for f in dataclasses.fields(ModelConfig)}
+    assert "negative_slope" in {f.name for f in dataclasses.fields(ModelSection)}
+    assert ModelSection.__dataclass_params__.frozen
     # a ModelConfig field is a [model] key (here via the sets items) and reaches the generator
     cfg = config_from_cli(config=None, preset=None, resume=False, flags={"run": {"out": "r"}},
                           sets=["model.negative_slope=0.1", "data.scale=8"])

@@ -1,9 +1,9 @@
 """The training configuration's schema: frozen section dataclasses, presets, and the error.
 
-``[model]`` is not a second list of the generator's hyper-parameters: its keys and defaults are
-the fields of :class:`~clipsr_cli.model.config.ModelConfig`, less those set elsewhere
-(:data:`MODEL_KEYS_ELSEWHERE`), so a new ``ModelConfig`` field is a ``[model]`` key (and
-``--set model.KEY=VALUE``) by itself. Reading, writing and merging are in
+``[model]`` is the generator's hyper-parameters: its keys, types and defaults are the fields of
+:class:`~clipsr_cli.model.config.ModelConfig`, less those set elsewhere
+(:data:`MODEL_KEYS_ELSEWHERE`); a test keeps the two in step, so a new ``ModelConfig`` field
+must become a ``[model]`` key (and ``--set model.KEY=VALUE``) or be listed as set elsewhere. Reading, writing and merging are in
 :mod:`clipsr_cli.train.settings` and :mod:`clipsr_cli.train.config`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
 from clipsr_cli.errors import InputError, UsageError
 from clipsr_cli.model.config import ModelConfig
@@ -42,23 +42,34 @@ MODEL_KEYS_ELSEWHERE = {"scale": "data.scale", "clip": "run.clip", "text_dim": "
                         "clip_view": "data.patch_size"}  # a training patch is one CLIP window
 
 
-def _model_section() -> type:
-    hints = get_type_hints(ModelConfig)
-    fields = []
-    for f in dataclasses.fields(ModelConfig):
-        if f.name in MODEL_KEYS_ELSEWHERE:
-            continue
-        default = (field(default=f.default) if f.default is not dataclasses.MISSING
-                   else field(default_factory=f.default_factory))
-        fields.append((f.name, hints[f.name], default))
-    cls = dataclasses.make_dataclass("ModelSection", fields, frozen=True)
-    cls.__module__ = __name__
-    cls.__doc__ = ("Generator size: the fields of ``ModelConfig`` (same names, types, defaults) "
-                   "except scale ([data]), the CLIP ([run]) and the CLIP's dimensions.")
-    return cls
+@dataclass(frozen=True)
+class ModelSection:
+    """Generator size: the fields of ``ModelConfig`` (same names, order, types, defaults) except
+    scale ([data]), the CLIP ([run]) and the CLIP's dimensions (:data:`MODEL_KEYS_ELSEWHERE`).
 
+    Written out so type checkers see it; ``tests/test_train_config.py`` keeps it in step with
+    ``ModelConfig``: a new ``ModelConfig`` field is a new field here (or an entry of
+    :data:`MODEL_KEYS_ELSEWHERE`), else that test fails.
+    """
 
-ModelSection = _model_section()
+    encoder_widths: tuple[int, ...] = (64, 96, 128)
+    """Channels of each pyramid level; level 0 is at LR resolution, level i at LR/2^i."""
+    stage_blocks: int = 1
+    """TIFBlocks in each coarse refinement stage (levels >= 1)."""
+    body_blocks: int = 4
+    """TIFBlocks at LR resolution (the last refinement stage)."""
+    up_widths: tuple[int, ...] = (32, 16, 16, 16)
+    """Channels after each x2 upsampling stage; the first log2(scale) entries are used."""
+    prompt_tokens: int = 8
+    """K: prompt tokens predicted from the text (capped at the CLIP's depth)."""
+    fu_fusion: bool = True
+    """Text path 1: fuse CLIP's text-aware visual features F_U into the generator."""
+    fu_film: bool = False
+    """Inside F_U: also modulate the read-out directly by the text (off: the paper's route)."""
+    tif_text: bool = True
+    """Text path 2: the text sets the gamma, beta of every TIFBlock."""
+    negative_slope: float = 0.2
+    """LeakyReLU slope."""
 
 
 def model_section(mcfg: ModelConfig) -> dict[str, Any]:
