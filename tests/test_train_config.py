@@ -110,6 +110,31 @@ def test_any_error_in_the_loop_restores_sigterm_and_closes_the_metrics(tmp_path,
     assert len(opened) == 1 and opened[0]._fd is None
 
 
+def test_sigterm_stops_training_at_the_next_step_with_a_checkpoint(tmp_path):
+    import os
+
+    from clipsr_cli.errors import Interrupted
+    from clipsr_cli.train import rundir
+    from clipsr_cli.train.trainer import train
+
+    if not hasattr(signal, "SIGTERM"):
+        pytest.skip("no SIGTERM on this platform")
+    before = signal.getsignal(signal.SIGTERM)
+    steps = []
+
+    def term_at_2(step, losses):
+        steps.append(step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets the stop request
+
+    cfg = _cfg(tmp_path, _photos(tmp_path / "p"), steps=6, run={"precision": "fp32"})
+    with pytest.raises(Interrupted) as e:
+        train(cfg, on_step=term_at_2)
+    assert e.value.signum == signal.SIGTERM and steps == [1, 2]
+    assert rundir.load_state(tmp_path / "run")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_cli_usage_errors_name_the_flags(tmp_path):
     from typer.testing import CliRunner
 

@@ -24,7 +24,7 @@ from clipsr_cli.train.data import BadImages, MemorySampler, StreamSampler, decod
 from clipsr_cli.train.discriminator import ClipDiscriminator
 from clipsr_cli.train.losses import build_perceptual, pixel_loss
 from clipsr_cli.train.schema import TrainConfig, model_config
-from clipsr_cli.train.steps import EMA, GeneratorStep, TextCache, describe
+from clipsr_cli.train.steps import EMA, Generator, GeneratorStep, Losses, TextCache, describe
 
 Say = Callable[[str], None]
 
@@ -69,20 +69,6 @@ def load_frozen_clip(spec: str, device: torch.device, warn: Say):
 
 
 # -- the generator ----------------------------------------------------------------------------------
-@dataclass
-class Generator:
-    mcfg: ModelConfig
-    model: nn.Module
-    """The trained generator (its weights; ``step`` is what runs it)."""
-    ema_model: nn.Module
-    ema: EMA
-    step: nn.Module
-    """condition + forward: ``GeneratorStep``, wrapped by DDP / torch.compile where asked."""
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    text: TextCache | None
-
-
 def build_generator(cfg: TrainConfig, clip, device: torch.device, dist: ddp.DistInfo,
                     amp: torch.dtype | None, *, init: bool, say: Say) -> Generator:
     mcfg = model_config(cfg, clip)
@@ -120,15 +106,6 @@ def build_generator(cfg: TrainConfig, clip, device: torch.device, dist: ddp.Dist
 
 
 # -- the losses ---------------------------------------------------------------------------------------
-@dataclass
-class Losses:
-    pixel: Callable
-    perceptual: nn.Module | None
-    perceptual_name: str
-    D: ClipDiscriminator | None
-    d_opt: torch.optim.Optimizer | None
-
-
 def build_losses(cfg: TrainConfig, clip, mcfg: ModelConfig, device: torch.device,
                  dist: ddp.DistInfo, *, warn: Say) -> Losses:
     frozen = {"clip": clip}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,9 @@ from torch import nn
 
 from clipsr_cli.errors import TrainingError
 from clipsr_cli.model.config import ModelConfig
-from clipsr_cli.train.discriminator import d_loss, g_adv_loss
+from clipsr_cli.train.data import Batch
+from clipsr_cli.train.ddp import DistInfo
+from clipsr_cli.train.discriminator import ClipDiscriminator, d_loss, g_adv_loss
 from clipsr_cli.train.rundir import CHECKPOINT
 from clipsr_cli.train.schema import TrainConfig
 
@@ -87,6 +91,33 @@ class EMA:
                 t.copy_(s)
 
 
+@dataclass
+class Generator:
+    """The generator being trained and what its step needs (built by ``setup.build_generator``)."""
+
+    mcfg: ModelConfig
+    model: nn.Module
+    """The trained generator (its weights; ``step`` is what runs it)."""
+    ema_model: nn.Module
+    ema: EMA
+    step: nn.Module
+    """condition + forward: ``GeneratorStep``, wrapped by DDP / torch.compile where asked."""
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    text: TextCache | None
+
+
+@dataclass
+class Losses:
+    """The loss terms (built by ``setup.build_losses``); ``D``, ``d_opt``: the gan preset's."""
+
+    pixel: Callable
+    perceptual: nn.Module | None
+    perceptual_name: str
+    D: ClipDiscriminator | None
+    d_opt: torch.optim.Optimizer | None
+
+
 def lr_factor(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     """Linear warm-up then cosine decay to min_lr_ratio; progress by steps (or the time limit)."""
     o, total = cfg.optim, cfg.run.steps
@@ -100,9 +131,12 @@ def lr_factor(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def train_step(cfg: TrainConfig, batch, gen, model, text, pix, perc, D, d_opt, opt, scaler, dist) -> dict[str, torch.Tensor]:
+def train_step(cfg: TrainConfig, batch: Batch, g: Generator, losses: Losses,
+               dist: DistInfo) -> dict[str, torch.Tensor]:
     """One optimisation step of G (and D). Returns the losses as 0-d tensors."""
     L = cfg.loss
+    gen, model, text, opt, scaler = g.step, g.model, g.text, g.opt, g.scaler
+    pix, perc, D, d_opt = losses.pixel, losses.perceptual, losses.D, losses.d_opt
     emb = None
     null_mask = None  # (B,) rows trained without a caption: dropped, or the image has none
     if text is not None:

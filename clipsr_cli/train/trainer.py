@@ -53,6 +53,13 @@ class TrainProgress:
     """The mean loss since the last log step, on log steps; else None."""
 
 
+@dataclass
+class StopRequest:
+    """Set by the SIGTERM handler; the loop stops at the next step boundary (on every rank)."""
+
+    sigterm: bool = False
+
+
 def train(cfg: TrainConfig, *, resume: bool = False,
           progress: Callable[[TrainProgress], None] | None = None,
           on_step: Callable[[int, dict], None] | None = None, source=None, val_source=None,
@@ -245,7 +252,7 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        stop = {"sig": False}
+        stop = StopRequest()
         old_term = _catch_sigterm(stop)
         try:
             return self._run(stop)
@@ -256,7 +263,7 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
 
-    def _run(self, stop: dict) -> TrainResult:
+    def _run(self, stop: StopRequest) -> TrainResult:
         cfg, dist, device, g, losses = self.cfg, self.dist, self.device, self.g, self.losses
         run, main, val = cfg.run, self.main, self.data.val
         log_acc: dict[str, float] = {}
@@ -276,7 +283,7 @@ class Trainer:
                 now = elapsed()
                 if run.time_limit or dist.enabled:
                     # one clock for all ranks: same schedule, same stop decision
-                    flag = 1e9 if stop["sig"] else now
+                    flag = 1e9 if stop.sigterm else now
                     flag = ddp.broadcast_float(flag, dist, device) if dist.enabled else flag
                     if flag >= 1e9:
                         raise Interrupted(signal.SIGTERM)
@@ -284,15 +291,13 @@ class Trainer:
                     if run.time_limit and now >= run.time_limit:
                         stopped = "time"
                         break
-                elif stop["sig"]:
+                elif stop.sigterm:
                     raise Interrupted(signal.SIGTERM)
                 f = lr_factor(self.step, cfg, now / run.time_limit if run.time_limit else 0.0)
                 for group in g.opt.param_groups:
                     group["lr"] = cfg.optim.lr * f
                 batch = self.data.sampler.next_batch()
-                step_losses = train_step(cfg, batch, g.step, g.model, g.text, losses.pixel,
-                                         losses.perceptual, losses.D, losses.d_opt, g.opt, g.scaler,
-                                         dist)
+                step_losses = train_step(cfg, batch, g, losses, dist)
                 g.ema.update()
                 self.step += 1
                 step = self.step
@@ -354,12 +359,16 @@ class Trainer:
         return TrainResult(d, d / EXPORT, step, stopped, dt, sps, self.last_val)
 
 
-def _catch_sigterm(stop: dict):
+def _catch_sigterm(stop: StopRequest):
     """SIGTERM (preemption) stops like Ctrl-C; returns the previous handler (None: not set)."""
     if not hasattr(signal, "SIGTERM"):
         return None
+
+    def handler(signum, frame) -> None:
+        stop.sigterm = True
+
     try:
-        return signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("sig", True))
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         return None
 
