@@ -97,7 +97,7 @@ def build(d: Path, bomb_gib: int) -> list[Case]:
     sys.path.insert(0, str(ROOT))
     from clipsr_cli.model.checkpoint import save_checkpoint
     from clipsr_cli.model.network import build_model
-    from tests.conftest import tiny_config
+    from tests.conftest import tiny_model_config
 
     (d / "in").mkdir()
     for i in range(2):
@@ -107,7 +107,7 @@ def build(d: Path, bomb_gib: int) -> list[Case]:
     _png(d / "big.png", (512, 512))
     _png(d / "s64.png", (64, 64))
     torch.manual_seed(0)
-    cfg = tiny_config(2)
+    cfg = tiny_model_config(2)
     save_checkpoint(d / "tiny.safetensors", build_model(cfg), cfg)
     bad = build_model(cfg)
     with torch.no_grad():

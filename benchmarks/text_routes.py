@@ -47,10 +47,11 @@ def train_variant(out: Path, scale: int, seed: int, model_changes: dict, data_ch
                   steps: int):
     from clipsr_cli.model.checkpoint import load_checkpoint
     from clipsr_cli.train.trainer import train
-    from tests.synthetic import SHARED_TRAINING, make_stripes_dataset, one_thread, tiny_config
+    from tests.synthetic import (SHARED_TRAINING, make_stripes_dataset, one_thread,
+                                 stripes_train_config)
 
     kw = dict(SHARED_TRAINING, steps=steps)
-    cfg = tiny_config(out, text=True, batch_size=kw.pop("batch_size"), seed=seed, **kw)
+    cfg = stripes_train_config(out, text=True, batch_size=kw.pop("batch_size"), seed=seed, **kw)
     model = dict(model_changes)
     data = dict(data_changes)
     if scale == 16:  # a fourth x2 stage; LR patches of 4 px keep the HR crops at 64 px, as at x8

@@ -34,7 +34,10 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     yield home
 
 
-def tiny_config(scale: int = 4, text: bool = False, **kw):
+def tiny_model_config(scale: int = 4, text: bool = False, **kw):
+    """A tiny generator's ``ModelConfig`` (encoder [8, 12, 16], 1 body block; ``text``: with the
+    random ``clipsr-tiny`` CLIP); ``kw`` overrides fields. Not a training configuration: that is
+    ``tests.synthetic.stripes_train_config``."""
     from clipsr_cli.model.config import ModelConfig
 
     if text:
@@ -71,7 +74,7 @@ def tiny_ckpt(tmp_path_factory):
         key = (scale, text, tuple(sorted(kw.items())))
         if key not in made:
             torch.manual_seed(0)
-            cfg = tiny_config(scale, text, **kw)
+            cfg = tiny_model_config(scale, text, **kw)
             model = perturb(build_model(cfg))
             path = root / f"tiny_x{scale}_{'text' if text else 'img'}_{len(made)}.safetensors"
             save_checkpoint(path, model, cfg)

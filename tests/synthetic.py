@@ -121,9 +121,11 @@ def make_stripes_dataset(n: int = 48, *, size: int = 96, period: int = 4, amplit
     return StripesSource(images, names)
 
 
-def tiny_config(out: str | Path, *, text: bool = True, steps: int = 300, seed: int = 0,
-                batch_size: int = 16, lr: float = 3e-3, **run):
-    """The tiny x8 training configuration used on synthetic data (CPU, seconds to minutes)."""
+def stripes_train_config(out: str | Path, *, text: bool = True, steps: int = 300, seed: int = 0,
+                         batch_size: int = 16, lr: float = 3e-3, **run):
+    """The ``TrainConfig`` of the tiny x8 model trained on the synthetic stripes data (CPU,
+    seconds to minutes); ``run``: more ``[run]`` settings. Not a ``ModelConfig``: that is
+    ``tests.conftest.tiny_model_config``."""
     from clipsr_cli.train.config import resolve_config
 
     flags = {
@@ -148,7 +150,7 @@ def train_tiny_text_model(out: str | Path, *, text: bool = True, steps: int = 30
     Flips are off (a transposed horizontal stripe is a vertical one: the caption would lie)."""
     from clipsr_cli.train.trainer import train
 
-    cfg = tiny_config(out, text=text, steps=steps, seed=seed, **run)
+    cfg = stripes_train_config(out, text=text, steps=steps, seed=seed, **run)
     src = source if source is not None else make_stripes_dataset(seed=seed)
     return train(cfg, source=src, show_progress=show_progress).export
 

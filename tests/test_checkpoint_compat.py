@@ -16,7 +16,7 @@ from clipsr_cli.model.checkpoint import (FORMAT_VERSION, V1_RENAMES, load_checkp
                                          read_checkpoint, rename_keys, save_checkpoint)
 from clipsr_cli.model.clip import load_clip
 from clipsr_cli.model.network import build_model
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
 
@@ -40,7 +40,7 @@ def _write_v1(path: Path, model, cfg, version: str = "1") -> Path:
 
 def test_a_v1_checkpoint_loads_strictly_and_gives_the_same_output(tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     model = perturb(build_model(cfg)).eval()
     path = _write_v1(tmp_path / "v1.safetensors", model, cfg)
     _, raw, meta = read_checkpoint(path)
@@ -60,7 +60,7 @@ def test_a_v1_checkpoint_loads_strictly_and_gives_the_same_output(tmp_path):
 @pytest.mark.parametrize("version", ["1", "2", "3"])
 def test_an_old_text_checkpoint_is_refused_with_a_message(tmp_path, version):
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True, fu_film=True)  # format 3's read-out had the direct FiLM
+    cfg = tiny_model_config(4, text=True, fu_film=True)  # format 3's read-out had the direct FiLM
     model = perturb(build_model(cfg, load_clip(cfg.clip))).eval()
     path = _write_v1(tmp_path / f"v{version}.safetensors", model, cfg, version)
     from safetensors.torch import load_file
@@ -81,7 +81,7 @@ def test_the_rename_table_is_one_to_one_and_round_trips():
     news = [b for _, b in V1_RENAMES]
     assert len(set(olds)) == len(olds) and len(set(news)) == len(news)
     torch.manual_seed(0)
-    cfg = tiny_config(16, text=True)
+    cfg = tiny_model_config(16, text=True)
     state = build_model(cfg).state_dict()
     v1 = rename_keys(state, reverse=True)
     assert len(v1) == len(state) and rename_keys(v1) == state
@@ -89,7 +89,7 @@ def test_the_rename_table_is_one_to_one_and_round_trips():
 
 
 def test_new_checkpoints_are_format_4_with_the_new_names(tmp_path):
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     model = perturb(build_model(cfg))
     path = save_checkpoint(tmp_path / "v2.safetensors", model, cfg)
     from safetensors.torch import load_file
@@ -102,7 +102,7 @@ def test_new_checkpoints_are_format_4_with_the_new_names(tmp_path):
 
 
 def test_a_v1_file_with_a_foreign_tensor_is_still_refused(tmp_path):
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     model = build_model(cfg)
     state = rename_keys(model.state_dict(), reverse=True)
     state["bogus.weight"] = torch.zeros(2)

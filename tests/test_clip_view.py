@@ -13,7 +13,7 @@ from clipsr_cli.model import view as view_mod
 from clipsr_cli.model.clip import load_clip
 from clipsr_cli.model.network import build_model
 from clipsr_cli.model.view import ViewPlan, clip_view, plan_view, sample_windows, window_starts
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 
 @pytest.mark.parametrize("n,window", [(8, 8), (12, 8), (17, 8), (40, 8), (93, 48), (250, 48)])
@@ -56,7 +56,7 @@ def test_training_and_inference_give_clip_the_same_view(tmp_path, monkeypatch):
     training patch gives exactly the CLIP input the trainer gave that patch."""
     from clipsr_cli.train.trainer import train
     from tests.synthetic import make_stripes_dataset, one_thread
-    from tests.synthetic import tiny_config as train_config
+    from tests.synthetic import stripes_train_config
 
     seen = []
     real = view_mod.clip_view
@@ -69,7 +69,7 @@ def test_training_and_inference_give_clip_the_same_view(tmp_path, monkeypatch):
     import clipsr_cli.model.network as network
 
     monkeypatch.setattr(network, "clip_view", spy)
-    cfg = train_config(tmp_path, text=True, steps=2, batch_size=2)
+    cfg = stripes_train_config(tmp_path, text=True, steps=2, batch_size=2)
     with one_thread():
         path = train(cfg, source=make_stripes_dataset(6)).export
     trained = [s for s in seen if s[0].shape[-1] == cfg.data.patch_size]
@@ -110,7 +110,7 @@ def test_window_blend_is_pointwise_and_a_partition_of_unity():
 @pytest.mark.parametrize("tile", [24])
 def test_tiled_equals_untiled_with_many_windows(tile):
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True, clip_view=8)
+    cfg = tiny_model_config(4, text=True, clip_view=8)
     model = perturb(build_model(cfg, load_clip(cfg.clip)), std=0.05)
     lr = torch.rand(1, 3, 70, 93)  # 9 × 12 overlapping windows
     a = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale_tensor(lr, "a red bird")

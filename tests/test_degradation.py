@@ -18,7 +18,7 @@ from clipsr_cli.infer.degradation import Degradation, Strength, WeightBlend, cho
 from clipsr_cli.io.images import read_image
 from clipsr_cli.io.jpeg import estimate_quality, ijg_table
 
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 
 def _scene(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
@@ -153,7 +153,7 @@ def _pair():
     from clipsr_cli.model.network import build_model
 
     torch.manual_seed(0)
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     clean = perturb(build_model(cfg), seed=1).eval()
     degraded = perturb(build_model(cfg), seed=2).eval()
     return cfg, clean, degraded
@@ -174,7 +174,7 @@ def test_blend_at_0_and_1_is_exactly_each_model_and_between_is_the_mix():
     k = next(iter(clean.state_dict()))
     want = 0.75 * clean.state_dict()[k] + 0.25 * degraded.state_dict()[k]
     assert torch.allclose(net.state_dict()[k], want, atol=1e-6)
-    other = build_model(tiny_config(4, encoder_widths=(8, 12, 20))).state_dict()
+    other = build_model(tiny_model_config(4, encoder_widths=(8, 12, 20))).state_dict()
     with pytest.raises(ModelError, match="architecture"):
         WeightBlend(net, clean.state_dict(), other)
 

@@ -13,13 +13,13 @@ from clipsr_cli.infer.devices import resolve_device, resolve_precision
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.errors import DeviceError, InputError, ModelError, UsageError
 from clipsr_cli.infer.tiling import count_tiles, plan_tiles, run_tiled
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 
 @pytest.fixture(scope="module")
 def text_model():
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True)
+    cfg = tiny_model_config(4, text=True)
     return perturb(build_model(cfg, load_clip(cfg.clip)), std=0.05)
 
 
@@ -151,7 +151,7 @@ def test_null_embedding_and_clip_similarity(text_model):
     ref = torch.nn.functional.cosine_similarity(clip.encode_image(img),
                                                 clip.encode_text(["a bird"]))
     assert up.clip_similarity(img, "a bird") == pytest.approx(float(ref), abs=1e-6)
-    image_only = Upscaler(build_model(tiny_config(4)), device="cpu")
+    image_only = Upscaler(build_model(tiny_model_config(4)), device="cpu")
     assert image_only.null_text_embedding() is None
     with pytest.raises(ModelError, match="image-only"):
         image_only.clip_similarity(img, "a bird")

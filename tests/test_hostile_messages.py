@@ -156,9 +156,9 @@ def test_a_model_path_that_exists_is_never_file_not_found(tmp_path, monkeypatch,
 def _nan_model(tmp_path, value: float):
     from clipsr_cli.model.checkpoint import read_checkpoint, save_checkpoint
     from clipsr_cli.model.network import build_model
-    from tests.conftest import tiny_config
+    from tests.conftest import tiny_model_config
 
-    cfg = tiny_config(2)
+    cfg = tiny_model_config(2)
     m = build_model(cfg)
     with torch.no_grad():
         next(p for n, p in m.named_parameters() if "weight" in n).fill_(value)

@@ -31,7 +31,7 @@ from clipsr_cli.model.checkpoint import load_checkpoint, read_checkpoint, save_c
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.model.network import build_model
 
-from .conftest import tiny_config
+from .conftest import tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_LIMIT = 8 << 30
@@ -262,7 +262,7 @@ def test_cli_upscale_refuses_a_bomb_in_one_line(tmp_path):
 def _hostile(tmp_path: Path, name: str, *, state=None,
              version: str = str(checkpoint.FORMAT_VERSION), **changes) -> Path:
     """A tiny model's real tensors under a config with ``changes``."""
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     if state is None:
         state = build_model(cfg).state_dict()
     config = {**json.loads(cfg.to_json()), **changes}
@@ -320,7 +320,8 @@ def test_hostile_checkpoints_are_refused_in_little_memory_and_time(tmp_path):
 
 
 def test_malformed_headers_are_one_line_model_errors(tmp_path):
-    good = save_checkpoint(tmp_path / "g.safetensors", build_model(tiny_config(4)), tiny_config(4))
+    small = tiny_model_config(4)
+    good = save_checkpoint(tmp_path / "g.safetensors", build_model(small), small)
     n = int.from_bytes(good.read_bytes()[:8], "little")
     header = json.loads(good.read_bytes()[8:8 + n])
     payload = good.read_bytes()[8 + n:]
@@ -353,7 +354,7 @@ def test_malformed_headers_are_one_line_model_errors(tmp_path):
 
 
 def test_non_float_tensors_are_refused_float_ones_load(tmp_path):
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     state = build_model(cfg).state_dict()
     name = "upsampler.out.weight"
     bad = _hostile(tmp_path, "i16.safetensors", state={**state, name: (state[name] * 100)
@@ -370,7 +371,7 @@ def test_non_float_tensors_are_refused_float_ones_load(tmp_path):
 
 
 def test_shapes_and_names_are_checked_before_any_tensor_is_read(tmp_path, monkeypatch):
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     state = build_model(cfg).state_dict()
     wrong = _hostile(tmp_path, "shape.safetensors", state={**state, "encoder.head.weight":
                                                            torch.zeros(3, 3, 3, 3)})
@@ -394,7 +395,7 @@ def test_real_checkpoints_pass_every_check(tmp_path, tiny_ckpt):
         cfg, state, _ = read_checkpoint(path)
         assert limits.check_config(cfg) is cfg
         assert set(state) == set(limits.expected_tensors(cfg))
-    cfg = tiny_config(4, text=True)
+    cfg = tiny_model_config(4, text=True)
     path = save_checkpoint(tmp_path / "t.safetensors", build_model(cfg), cfg)
     assert read_checkpoint(path)[0] == cfg
     assert set(load_file(str(path))) == set(limits.expected_tensors(cfg))

@@ -12,12 +12,12 @@ from clipsr_cli.model.network import build_model
 from clipsr_cli.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.errors import ModelError
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8, 16])
 def test_output_is_exactly_s_times_any_input(scale):
-    cfg = tiny_config(scale)
+    cfg = tiny_model_config(scale)
     model = build_model(cfg).eval()
     x = torch.rand(1, 3, 12, 20)  # multiples of pad_multiple (4): the engine pads others
     with torch.no_grad():
@@ -27,7 +27,7 @@ def test_output_is_exactly_s_times_any_input(scale):
 
 def test_fresh_model_is_bicubic():
     """Zero-initialised tail: an untrained network returns the bicubic skip exactly."""
-    model = build_model(tiny_config(4)).eval()
+    model = build_model(tiny_model_config(4)).eval()
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         y = model(x)
@@ -37,7 +37,7 @@ def test_fresh_model_is_bicubic():
 
 def _text_model(fu_fusion=True):
     torch.manual_seed(0)
-    cfg = tiny_config(4, text=True, fu_fusion=fu_fusion)
+    cfg = tiny_model_config(4, text=True, fu_fusion=fu_fusion)
     model = perturb(build_model(cfg, load_clip(cfg.clip)), std=0.1).eval()
     return model
 
@@ -82,7 +82,7 @@ def test_null_text_is_used_without_text():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    cfg = tiny_config(8, text=True)
+    cfg = tiny_model_config(8, text=True)
     model = perturb(build_model(cfg, load_clip(cfg.clip)))
     path = save_checkpoint(tmp_path / "m.safetensors", model, cfg, training={"steps": 3})
     cfg2, state, meta = read_checkpoint(path)
@@ -95,7 +95,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_fp16_storage_loads_as_fp32(tmp_path):
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     path = save_checkpoint(tmp_path / "h.safetensors", build_model(cfg), cfg, dtype=torch.float16)
     model = load_checkpoint(path)
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -106,7 +106,7 @@ def test_bad_checkpoints_are_named_errors(tmp_path):
     junk.write_bytes(b"this is not a checkpoint at all")
     with pytest.raises(ModelError, match="not a clipsr checkpoint|not a valid"):
         read_checkpoint(junk)
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     good = save_checkpoint(tmp_path / "g.safetensors", build_model(cfg), cfg)
     trunc = tmp_path / "t.safetensors"
     trunc.write_bytes(good.read_bytes()[:-100])
@@ -130,7 +130,7 @@ def test_config_rejects_unknown_keys_and_bad_scale():
 
 
 def test_model_describes_itself():
-    info = build_model(tiny_config(16)).info
+    info = build_model(tiny_model_config(16)).info
     assert info.scale == 16 and not info.text_conditioned and info.pad_multiple == 4
     assert info.tile_overlap % info.pad_multiple == 0 and info.parameters > 0
     tinfo = _text_model().info
@@ -165,6 +165,6 @@ def test_clip_public_steps_reproduce_open_clip():
 
 
 def test_info_is_computed_once():
-    model = build_model(tiny_config(4))
+    model = build_model(tiny_model_config(4))
     assert model.info is model.info
     assert model.info.parameters == sum(p.numel() for p in model.parameters())

@@ -28,7 +28,7 @@ from clipsr_cli.model.clip import ClipBackbone, load_clip
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.model.network import build_model
 from tests.conftest import perturb
-from tests.conftest import tiny_config as model_config
+from tests.conftest import tiny_model_config
 from tests.synthetic import KINDS, SHARED_TRAINING, caption_psnr, make_stripes_dataset, one_thread
 
 # Measured (docs/text-path.md, benchmarks/text_routes.py; SHARED_TRAINING, seeds 0/1/2): see the
@@ -45,10 +45,10 @@ def _wrong(i: int, kind: str) -> str:
 def _train_variant(out, **model_changes):
     from clipsr_cli.model.checkpoint import load_checkpoint
     from clipsr_cli.train.trainer import train
-    from tests.synthetic import tiny_config
+    from tests.synthetic import stripes_train_config
 
     kw = dict(SHARED_TRAINING)
-    cfg = tiny_config(out, text=True, batch_size=kw.pop("batch_size"), **kw)
+    cfg = stripes_train_config(out, text=True, batch_size=kw.pop("batch_size"), **kw)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_changes))
     with one_thread():
         return load_checkpoint(train(cfg, source=make_stripes_dataset()).export)
@@ -155,13 +155,13 @@ def test_prompt_tokens_join_from_block_2_stay_and_every_block_runs():
 
 def test_fu_reads_the_text_through_the_prompts_alone_and_the_switches():
     torch.manual_seed(0)
-    cfg = model_config(8, text=True, tif_text=False, fu_film=False, clip_view=8)
+    cfg = tiny_model_config(8, text=True, tif_text=False, fu_film=False, clip_view=8)
     model = perturb(build_model(cfg, load_clip(cfg.clip)), std=0.05).eval()
     names = [n for n, _ in model.named_parameters()]
     assert not any(".aff" in n for n in names)  # TIFBlocks get no text
     assert not any(n.startswith("fu_projection.film.") for n in names)  # no direct FiLM
     assert any(n.startswith("fu_projection.prompt_film.") for n in names)
-    with_film = build_model(model_config(8, text=True, fu_film=True), load_clip(cfg.clip))
+    with_film = build_model(tiny_model_config(8, text=True, fu_film=True), load_clip(cfg.clip))
     assert any(n.startswith("fu_projection.film.") for n, _ in with_film.named_parameters())
     assert not ModelConfig().fu_film  # off by default (docs/text-path.md: measured)
     lr = torch.rand(1, 3, 12, 12)
@@ -175,14 +175,14 @@ def test_fu_reads_the_text_through_the_prompts_alone_and_the_switches():
         same_fu = dataclasses.replace(cb, fu=ca.fu)
         assert torch.equal(model(lr, same_fu), model(lr, ca))  # the text is in F_U only
     with pytest.raises(ModelError, match="needs a text path"):
-        model_config(8, text=True, tif_text=False, fu_fusion=False)
+        tiny_model_config(8, text=True, tif_text=False, fu_fusion=False)
 
 
 def test_each_route_can_be_given_its_own_caption():
     """``condition(text_tif=…, text_prompt=…, text_film=…)``: each route reads only its own
     embedding; ``null_mask`` is one mask for all routes, or one column per route."""
     torch.manual_seed(0)
-    cfg = model_config(8, text=True, fu_film=True, clip_view=8)
+    cfg = tiny_model_config(8, text=True, fu_film=True, clip_view=8)
     model = perturb(build_model(cfg, load_clip(cfg.clip)), std=0.05).eval()
     lr = torch.rand(2, 3, 12, 12)
     a, b = model.text_embedding(["a red bird", "a car"]), model.text_embedding(["a car", "a tree"])
@@ -221,7 +221,7 @@ def test_zero_initialised_last_layers_receive_gradients():
     gradient at step 1, the F_U projections and the affines at step 2, the rest of the F_U branch
     (read-out, both FiLMs, prompt predictor) at step 3."""
     torch.manual_seed(0)
-    cfg = model_config(4, text=True, clip_view=8, fu_film=True)
+    cfg = tiny_model_config(4, text=True, clip_view=8, fu_film=True)
     model = build_model(cfg, load_clip(cfg.clip))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)

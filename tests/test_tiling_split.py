@@ -12,12 +12,12 @@ from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.infer.tiling import RowStream, plan_tiles, run_plan
 from clipsr_cli.model.clip import load_clip
 from clipsr_cli.model.network import build_model
-from tests.conftest import perturb, tiny_config
+from tests.conftest import perturb, tiny_model_config
 
 
 def _model(scale: int, text: bool):
     torch.manual_seed(0)
-    cfg = tiny_config(scale, text=text)
+    cfg = tiny_model_config(scale, text=text)
     return perturb(build_model(cfg, load_clip(cfg.clip) if text else None), std=0.05)
 
 

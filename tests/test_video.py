@@ -94,10 +94,10 @@ def model(tmp_path_factory):
 
     from clipsr_cli.model.checkpoint import save_checkpoint
     from clipsr_cli.model.network import build_model
-    from tests.conftest import perturb, tiny_config
+    from tests.conftest import perturb, tiny_model_config
 
     torch.manual_seed(0)
-    cfg = tiny_config(4)
+    cfg = tiny_model_config(4)
     path = tmp_path_factory.mktemp("model") / "tiny_x4.safetensors"
     save_checkpoint(path, perturb(build_model(cfg)), cfg)
     return str(path)
