@@ -10,8 +10,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli.app import app
-from clipsr_cli.infer import batching
-from clipsr_cli.infer.batching import batch_limit, upscale_images
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.infer.pipeline import Pipeline
 from clipsr_cli.io.images import read_image
@@ -39,7 +37,7 @@ def test_batched_equals_one_at_a_time(tmp_path, tiny_ckpt, text):
     images = [read_image(_png(tmp_path / f"{i}.png", 12, 9, i, mode))
               for i, mode in enumerate(["RGB", "RGBA", "I;16", "RGB"])]
     captions = ["a red bird", None, "a blue bird", "a red bird"]
-    together = upscale_images(up, images, captions)
+    together = up.upscale_images(images, captions)
     for im, cap, (rgb, alpha) in zip(images, captions, together):
         ref, ref_alpha = up.upscale_image(im, cap)
         assert rgb.dtype == ref.dtype and _close(rgb, ref, 65535 if im.bit_depth == 16 else 255)
@@ -52,14 +50,14 @@ def test_batched_equals_one_at_a_time(tmp_path, tiny_ckpt, text):
 
 def test_batch_limit(tiny_ckpt):
     path = tiny_ckpt()
-    assert batch_limit(Upscaler.load(path, device="cpu", tile=0), 50, 50, 8) == 8
-    assert batch_limit(Upscaler.load(path, device="cpu", tile=0), 50, 50, 1) == 1
-    assert batch_limit(Upscaler.load(path, device="cpu"), 50, 50, 8) == 8  # auto: fits
+    assert Upscaler.load(path, device="cpu", tile=0).batch_limit(50, 50, 8) == 8
+    assert Upscaler.load(path, device="cpu", tile=0).batch_limit(50, 50, 1) == 1
+    assert Upscaler.load(path, device="cpu").batch_limit(50, 50, 8) == 8  # auto: fits
     tiled = Upscaler.load(path, device="cpu", tile=32)
-    assert batch_limit(tiled, 64, 64, 8) == 1  # needs several tiles: one at a time
-    assert batch_limit(tiled, 16, 16, 8) == 4  # 4 × 16² = one 32² tile
+    assert tiled.batch_limit(64, 64, 8) == 1  # needs several tiles: one at a time
+    assert tiled.batch_limit(16, 16, 8) == 4  # 4 × 16² = one 32² tile
     twice = Pipeline.repeat(Upscaler.load(path, device="cpu"), 2)
-    assert batch_limit(twice, 8, 8, 8) == 1  # pipelines run one image at a time
+    assert twice.batch_limit(8, 8, 8) == 1  # pipelines run one image at a time
 
 
 def test_cli_batch_size_same_outputs_and_batches_formed(tmp_path, tiny_ckpt, monkeypatch):
@@ -70,13 +68,13 @@ def test_cli_batch_size_same_outputs_and_batches_formed(tmp_path, tiny_ckpt, mon
         _png(src / f"{i}.png", w, h, i)
     (src / "bad.png").write_bytes(b"\x89PNG broken")  # a failure inside a batch stays its own
     calls = []
-    real = batching.upscale_images
+    real = Upscaler.upscale_images
 
     def spy(up, images, texts, strengths=None):
         calls.append(len(images))
         return real(up, images, texts, strengths)
 
-    monkeypatch.setattr(batching, "upscale_images", spy)
+    monkeypatch.setattr(Upscaler, "upscale_images", spy)
     outs = {}
     for bs in ("1", "3"):
         out = tmp_path / f"o{bs}"
@@ -100,7 +98,7 @@ def test_batch_that_fails_is_retried_one_at_a_time(tmp_path, tiny_ckpt, monkeypa
     def oom(up, images, texts, strengths=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(batching, "upscale_images", oom)
+    monkeypatch.setattr(Upscaler, "upscale_images", oom)
     r = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "o"), "-m",
                             str(tiny_ckpt()), "--device", "cpu", "--batch-size", "4"])
     assert r.exit_code == 0, r.output

@@ -288,7 +288,6 @@ def test_a_thin_compare_crop_never_makes_a_giant_grid(tmp_path, tiny_ckpt):
 
 
 def test_batch_size_is_bounded_and_planned_in_a_few_steps(tmp_path, tiny_ckpt):
-    from clipsr_cli.infer.batching import batch_limit
     from clipsr_cli.infer.engine import Upscaler
 
     r = runner.invoke(app, ["batch", str(tmp_path), "-o", str(tmp_path / "o"), "--batch-size",
@@ -298,6 +297,6 @@ def test_batch_size_is_bounded_and_planned_in_a_few_steps(tmp_path, tiny_ckpt):
     calls = []
     real = up._tile_size
     up._tile_size = lambda h, w: calls.append(h) or real(h, w)
-    n = batch_limit(up, 64, 64, 256)
+    n = up.batch_limit(64, 64, 256)
     assert 1 <= n <= 256 and len(calls) <= 10
     assert real(64 * n, 64) == 0 and (n == 256 or real(64 * (n + 1), 64) != 0)

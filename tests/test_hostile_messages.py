@@ -184,14 +184,13 @@ def test_non_finite_outputs_are_an_error_and_nothing_is_written(tmp_path, value)
 
 
 def test_non_finite_outputs_are_an_error_in_the_batched_and_tensor_paths(tmp_path):
-    from clipsr_cli.infer.batching import upscale_images
     from clipsr_cli.infer.engine import Upscaler
     from clipsr_cli.io.images import read_image
 
     up = Upscaler.load(str(_nan_model(tmp_path, float("nan"))), device="cpu", tile=0)
     im = read_image(_png(tmp_path / "a.png"))
     with pytest.raises(ModelError, match="non-finite"):
-        upscale_images(up, [im, im], [None, None])
+        up.upscale_images([im, im], [None, None])
     with pytest.raises(ModelError, match="non-finite"):
         up.upscale_tensor(im.rgb)
 

@@ -399,8 +399,9 @@ def test_colour_matrix_range_and_tags_kept(model, tmp_path, monkeypatch, full_ra
     """A BT.709-tagged clip (limited or full range) comes out with the same tags, and a flat
     colour keeps its RGB value through decode -> engine -> encode (the engine replaced by a
     nearest-neighbour ×4, so only the colour conversions are measured)."""
-    import clipsr_cli.infer.batching as batching
     from av.video.reformatter import ColorRange, Colorspace
+
+    from clipsr_cli.infer.engine import Upscaler
 
     src = tmp_path / "c709.mp4"
     colour = (200, 50, 30)
@@ -427,7 +428,7 @@ def test_colour_matrix_range_and_tags_kept(model, tmp_path, monkeypatch, full_ra
             out.append((a.repeat(4, 0).repeat(4, 1), None))
         return out
 
-    monkeypatch.setattr(batching, "upscale_images", nearest)
+    monkeypatch.setattr(Upscaler, "upscale_images", nearest)
     out = tmp_path / "o.mp4"
     result = run(src, out, model)
     assert tuple(result.settings.colour) == (1, int(rng), 1, 1)

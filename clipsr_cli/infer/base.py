@@ -9,7 +9,7 @@ on that, so a 192-megapixel output is filled band by band and never held in floa
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +128,31 @@ class Engine:
                                  text_embedding=text_embedding, progress=progress, strength=t)
         alpha = upscale_alpha(image.alpha, self.scale) if image.alpha is not None else None
         return rgb, alpha
+
+    # -- several images ------------------------------------------------------------------------
+    def batch_limit(self, height: int, width: int, batch_size: int) -> int:
+        """How many ``height`` × ``width`` images :meth:`upscale_images` runs together, at most
+        ``batch_size``; 1 here (a pipeline, or any engine but a plain ``Upscaler``)."""
+        return 1
+
+    def upscale_images(self, images: Sequence[LoadedImage], texts: Sequence[str | None],
+                       strengths: Sequence[StrengthLike] | None = None, *,
+                       strength: StrengthLike = None
+                       ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
+        """Upscale ``images`` with their captions ``texts``; each result as
+        :meth:`upscale_image` gives it. Degradation ``strengths`` per image, or one ``strength``
+        for all (``video`` decides it once); neither: decided per image. Here one image at a
+        time; an ``Upscaler`` runs same-size images in one forward pass."""
+        return [self.upscale_image(im, t, strength=s)
+                for im, t, s in zip(images, texts, self._strengths(images, strengths, strength))]
+
+    def _strengths(self, images: Sequence[LoadedImage], strengths: Sequence[StrengthLike] | None,
+                   strength: StrengthLike) -> list[StrengthLike]:
+        if strengths is not None:
+            return list(strengths)
+        if strength is not None:
+            return [strength] * len(images)
+        return [self.strength_for(im) for im in images]
 
 
 

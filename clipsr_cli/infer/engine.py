@@ -27,39 +27,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
+import numpy as np
 import torch
 
 from clipsr_cli.errors import InputError, ModelError, log
-from clipsr_cli.hub.resolve import (ClipRef, ForeignFile, ModelRef, PipelineRef, Registered,
-                                    clip_weights_file, resolve)
-from clipsr_cli.infer.devices import available_memory as _available_memory
-from clipsr_cli.infer.base import Engine, ProgressFn, finite, upscale_alpha
+from clipsr_cli.hub.resolve import ModelRef, PipelineRef, resolve
+from clipsr_cli.infer.base import Engine, ProgressFn, StrengthLike, finite, upscale_alpha
+from clipsr_cli.infer.batching import stack_limit
 from clipsr_cli.infer.degradation import WeightBlend, partner_weights
+from clipsr_cli.infer.devices import available_memory as _available_memory
 from clipsr_cli.infer.devices import resolve_device, resolve_precision, supported_dtype
 from clipsr_cli.infer.options import EngineOptions
 from clipsr_cli.infer.pipeline import Pipeline
 from clipsr_cli.infer.values import parse_tiling
 from clipsr_cli.infer.tiling import (RowStream, count_tiles, pad_to_multiple, plan_tiles, run_plan,
                                      run_tiled)
-from clipsr_cli.model.checkpoint import load_checkpoint
-from clipsr_cli.model.clip import ClipBackbone, ClipSpec, load_clip
+from clipsr_cli.infer.loading import load_clip_backbone, load_network, load_pipeline
+from clipsr_cli.io.images import LoadedImage
+from clipsr_cli.io.quantise import quantise
 from clipsr_cli.model.config import ModelInfo
-from clipsr_cli.model.foreign import load_foreign
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 __all__ = ["Upscaler", "EngineSettings", "load_clip_backbone", "parse_tiling", "upscale_alpha",
            "resolve_device", "resolve_precision"]
-
-
-def load_clip_backbone(spec: str | ClipSpec, device: str | torch.device = "cpu") -> ClipBackbone:
-    """The frozen CLIP of ``spec`` (``ARCH[:WEIGHTS]``) on ``device``: registered weights (e.g.
-    ``ViT-B-32:openai``) come verified from the registry's cache, downloaded first unless offline;
-    anything else (``random``, a file, an open_clip tag) is loaded as it stands."""
-    spec = ClipSpec.parse(spec) if isinstance(spec, str) else spec
-    return load_clip(spec, device, weights_path=clip_weights_file(spec.arch, spec.weights))
 
 
 @dataclass(frozen=True)
@@ -106,7 +99,7 @@ class Upscaler(Engine):
 
     def set_strength(self, strength: float) -> None:
         """Run with the weights of ``strength`` (no-op for a model without degradation-aware
-        weights); callers that drive ``self.model`` directly (batching) use this."""
+        weights)."""
         if self._blend is not None:
             self._blend.apply(strength)
 
@@ -128,9 +121,9 @@ class Upscaler(Engine):
         ref = resolve(model, scale=scale)
         once = options.replace(passes=1)
         if isinstance(ref, PipelineRef):  # e.g. the built-in ×16: the ×4 network twice
-            up = _load_pipeline(cls, ref, once, scale=scale)
+            up = load_pipeline(cls.load, ref, once, scale=scale)
         else:
-            net = _load_network(ref, dev)
+            net = load_network(ref, dev)
             if scale is not None and net.info.scale != scale:
                 raise ModelError(f"model {ref.name} upscales ×{net.info.scale}, not ×{scale}; "
                                  f"drop `scale` or pick a ×{scale} model (see 'clipsr models')")
@@ -244,22 +237,28 @@ class Upscaler(Engine):
         h, w = lr.shape[-2:]
         if h == 0 or w == 0:
             raise InputError("the image has zero size")
-        s, m = self.scale, self.info.pad_multiple
-        dev = self.settings.device
+        s = self.scale
         if text_embedding is None:
             text_embedding = self.embed_text(text)
         with torch.inference_mode():
-            x = lr.to(dev, torch.float32)
-            cond = self.model.condition(x, text_embedding.to(dev) if text_embedding is not None
-                                        else None)  # fp32: CLIP stays fp32
-            xp = pad_to_multiple(x, m)
-            if dev.type == "cpu":
-                xp = xp.contiguous(memory_format=torch.channels_last)
+            cond, xp = self._prepared(lr, text_embedding)
             for y0, band in self._run(xp, cond, self._tile_size(h, w), progress):
                 if y0 >= h * s:
                     break
                 band = finite(band[:, :, :h * s - y0, :w * s], self.name).clamp_(0, 1)
                 yield y0, band
+
+    def _prepared(self, lr: torch.Tensor, text_embedding: torch.Tensor | None):
+        """(conditioning, padded input) of ``lr`` (B, 3, H, W) on the device: conditioned in
+        fp32 (CLIP stays fp32), padded to the model's multiple (channels-last on the CPU)."""
+        dev = self.settings.device
+        x = lr.to(dev, torch.float32)
+        cond = self.model.condition(x, text_embedding.to(dev) if text_embedding is not None
+                                    else None)
+        xp = pad_to_multiple(x, self.info.pad_multiple)
+        if dev.type == "cpu":
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        return cond, xp
 
     def _run(self, xp: torch.Tensor, cond, tile: int, progress: ProgressFn | None):
         """Output row bands of the padded image ``xp``: one forward pass, the whole network
@@ -322,46 +321,49 @@ class Upscaler(Engine):
                             device=self.device, on_tile=tick)
 
 
+    # -- several images at once ----------------------------------------------------------------
+    def batch_limit(self, height: int, width: int, batch_size: int) -> int:
+        """At most ``batch_size``, and only as many ``height`` × ``width`` images as fit in one
+        tile (:func:`~clipsr_cli.infer.batching.stack_limit`: the budget of ``tile='auto'``)."""
+        st = self.settings
+        return stack_limit(height, width, batch_size, tile=st.tile, overlap=st.tile_overlap,
+                           multiple=self.info.pad_multiple,
+                           untiled=lambda h, w: self._tile_size(h, w) == 0)
+
+    def upscale_images(self, images: Sequence[LoadedImage], texts: Sequence[str | None],
+                       strengths: Sequence[StrengthLike] | None = None, *,
+                       strength: StrengthLike = None
+                       ) -> list[tuple[np.ndarray, torch.Tensor | None]]:
+        """Like :meth:`Engine.upscale_images`, but images that share a strength go through the
+        network in one forward pass; they must have one size and fit untiled
+        (:meth:`batch_limit`). Images of different strengths run one at a time."""
+        strengths = self._strengths(images, strengths, strength)
+        values = {float(getattr(s, "value", s)) for s in strengths} if self.blendable else {0.0}
+        if len(images) == 1 or len(values) > 1:
+            return super().upscale_images(images, texts, strengths)
+        self.set_strength(values.pop())
+        (h, w), s = images[0].rgb.shape[-2:], self.scale
+        if any(im.rgb.shape[-2:] != (h, w) for im in images):
+            raise ValueError("upscale_images needs images of one size")
+        emb = None
+        if self.info.text_conditioned:
+            null = self.null_text_embedding()
+            emb = torch.cat([self.embed_text(t) if t else null for t in texts])
+        with torch.inference_mode():
+            cond, xp = self._prepared(torch.cat([im.rgb for im in images]), emb)
+            with self._autocast():
+                y = self.model(xp, cond, (0, 0))
+            y = finite(y.float()[:, :, :h * s, :w * s], self.name).clamp_(0, 1)
+            return [(quantise(y[k], im.bit_depth).transpose(1, 2, 0),
+                     upscale_alpha(im.alpha, s) if im.alpha is not None else None)
+                    for k, im in enumerate(images)]
+
+
 #: CPU: estimated activations of one tail tile (about 18k LR px for the built-in ×4 in bf16)
 _CPU_TAIL_BYTES = 64 << 20
-
-def _load_network(ref: ModelRef, device: torch.device) -> torch.nn.Module:
-    """The network ``ref`` names, with its weights, on ``device``."""
-    if isinstance(ref, ClipRef):
-        raise ModelError(f"{ref.name!r} is a CLIP backbone, not an upscaling model; choose a "
-                         "generator from 'clipsr models'")
-    if isinstance(ref, Registered):
-        ref = ref.file()
-    if isinstance(ref, ForeignFile):  # a third-party SR checkpoint (Real-ESRGAN, SwinIR, ...)
-        return load_foreign(ref.path, format=ref.format, device=device)
-    return load_checkpoint(ref.path, clip=load_clip_backbone, device=device)
 
 
 def _options(options: EngineOptions | None, values: dict) -> EngineOptions:
     if options is not None and values:
         raise TypeError(f"pass either `options` or its fields ({', '.join(values)}), not both")
     return options if options is not None else EngineOptions(**values)
-
-
-def _load_pipeline(cls, ref: PipelineRef, options: EngineOptions, *,
-                   scale: int | None) -> Pipeline:
-    """A registered pipeline: each model stage loaded once (stages naming the same model share
-    it), ``bicubic:N`` steps as resize factors; the scales must multiply to the entry's."""
-    loaded: dict[str, Upscaler] = {}
-    stages: list[Upscaler | int] = []
-    for stage in ref.stages:
-        if isinstance(stage, int):
-            stages.append(stage)
-            continue
-        if stage.name not in loaded:
-            loaded[stage.name] = cls.load(stage, options)
-        stages.append(loaded[stage.name])
-    entry = ref.entry
-    pipe = Pipeline(stages, name=entry.name)
-    if pipe.scale != entry.scale:
-        raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): its stages upscale "
-                         f"×{pipe.scale}, but the entry says ×{entry.scale}; fix the registry file")
-    if scale is not None and pipe.scale != scale:
-        raise ModelError(f"model {entry.name} upscales ×{pipe.scale}, not ×{scale}; drop `scale` "
-                         f"or pick a ×{scale} model (see 'clipsr models')")
-    return pipe

@@ -1,7 +1,7 @@
 """``video``'s work: frames through the engine segment by segment, and the join.
 
 * :func:`make_segments`: each unfinished segment of this shard is decoded from its keyframe,
-  upscaled in batches (:func:`~clipsr_cli.infer.batching.upscale_images`), resized when a size
+  upscaled in batches (:meth:`~clipsr_cli.infer.base.Engine.upscale_images`), resized when a size
   was asked, and encoded into the work folder through the one atomic writer: a stop (Ctrl-C, a
   kill) loses at most the segment being made, and never leaves a partial segment file.
 * :func:`finish`: whoever finds every segment finished joins them into the output (atomically,
@@ -78,7 +78,6 @@ def frame_image(rgb: np.ndarray, name: str):
 
 def _upscaled(up, frames, settings, batch: int):
     """Yield (pts, rgb) of ``frames`` ((pts, rgb, look)) upscaled ``batch`` at a time."""
-    from clipsr_cli.infer.batching import upscale_images
     from clipsr_cli.tasks.outsize import resize_output
 
     target = (settings.width, settings.height)
@@ -86,8 +85,8 @@ def _upscaled(up, frames, settings, batch: int):
 
     def run(items):
         images = [frame_image(rgb, f"frame {pts}") for pts, rgb, _ in items]
-        outs = upscale_images(up, images, [settings.text] * len(images),
-                              strength=settings.denoise)
+        outs = up.upscale_images(images, [settings.text] * len(images),
+                                 strength=settings.denoise)
         for (pts, _, _), (rgb, _) in zip(items, outs):
             if rgb.shape[1] != target[0] or rgb.shape[0] != target[1]:
                 rgb, _ = resize_output(rgb, None, target)
@@ -106,8 +105,6 @@ def make_segments(up, index: VideoIndex, folder: WorkFolder, mine: Sequence[Segm
                   choice: EncoderChoice, result, *, batch_size: int, resumed: bool, progress,
                   started: float) -> None:
     """Make this shard's unfinished segments (see the module docstring)."""
-    from clipsr_cli.infer.batching import batch_limit
-
     done = set(folder.done(mine))
     result.segments_resumed = len(done)
     if done:
@@ -118,7 +115,7 @@ def make_segments(up, index: VideoIndex, folder: WorkFolder, mine: Sequence[Segm
     total = sum(s.frames for s in mine)
     state = {"done": sum(s.frames for s in mine if s.index in done), "made": 0,
              "segments": len(done)}
-    batch = batch_limit(up, index.height, index.width, batch_size)
+    batch = up.batch_limit(index.height, index.width, batch_size)
     t_run = time.perf_counter()
 
     def report(finished: bool = False) -> None:
