@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from clipsr_cli.infer.degradation import Degradation, partner_weights
     from clipsr_cli.infer.engine import Upscaler
     from clipsr_cli.model.checkpoint import load_checkpoint, read_checkpoint
-    from clipsr_cli.hub.resolve import resolve_model
+    from clipsr_cli.hub.resolve import Registered, resolve, resolve_model
     from clipsr_cli.tasks.evaluate import evaluate
 
     clean_path = Path(args.clean) if Path(args.clean).is_file() else resolve_model(args.clean)
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg, state, _ = read_checkpoint(args.degraded)
         degraded = {k: v.float() for k, v in state.items()}
     else:
-        degraded = partner_weights(args.clean, net, Degradation())
+        ref = resolve(args.clean)
+        degraded = partner_weights(ref.entry if isinstance(ref, Registered) else None, net,
+                                   Degradation())
         if degraded is None:
             ap.error(f"{args.clean} has no registered degradation_model; pass --degraded")
     up = Upscaler(net, device="cpu", precision="fp32", name=args.clean, degraded_state=degraded)

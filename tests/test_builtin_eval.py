@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli.app import app
+from clipsr_cli.hub.entries import PipelineEntry
 
 runner = CliRunner()
 WEIGHTS = Path(__file__).resolve().parents[1] / "clipsr_cli" / "weights"
@@ -41,7 +42,8 @@ def test_builtin_x8_and_x16_are_pipelines_of_the_x4_network():
     assert reg.get("clipsr-lite-x16").stages == ("clipsr-lite-x4", "clipsr-lite-x4")
     for s in (8, 16):
         e = reg.get(f"clipsr-lite-x{s}")
-        assert e.kind == "pipeline" and e.scale == s and not e.text_guided and not e.file
+        assert isinstance(e, PipelineEntry) and e.scale == s and not e.text_guided
+        assert not hasattr(e, "file")  # a pipeline has no file of its own
 
 
 def test_models_lists_builtins_as_installed():

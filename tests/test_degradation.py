@@ -235,6 +235,25 @@ def test_engine_denoise_0_and_1_equal_the_two_models(partnered):
     assert not Upscaler.load(str(a), **kw).blendable
 
 
+def test_the_partner_comes_from_the_resolved_entry_not_a_name(partnered):
+    from clipsr_cli.hub.registry import load_registry
+    from clipsr_cli.hub.resolve import ClipsrFile
+    from clipsr_cli.infer.degradation import partner_weights
+    from clipsr_cli.infer.engine import Upscaler
+    from clipsr_cli.model.checkpoint import load_checkpoint, read_checkpoint
+
+    a, b = partnered
+    net, reg = load_checkpoint(a), load_registry()
+    got = partner_weights(reg.get("t-clean"), net, Degradation())
+    want = read_checkpoint(b)[1]
+    assert got is not None and all(torch.equal(got[k], want[k].float()) for k in want)
+    assert partner_weights(None, net, Degradation()) is None  # a file: no registry entry
+    assert partner_weights(reg.get("t-degraded"), net, Degradation()) is None  # no partner
+    assert partner_weights(reg.get("t-clean"), net, Degradation("clean")) is None
+    # a file reference that happens to carry a registered name is still just that file
+    assert not Upscaler.load(ClipsrFile(a, "t-clean"), device="cpu", precision="fp32").blendable
+
+
 def test_pipelines_apply_the_strength_to_their_first_stage_and_full_to_later_ones(partnered):
     from clipsr_cli.infer.engine import Upscaler
 

@@ -582,3 +582,58 @@ def test_download_all_reports_each_failure_and_skips_unusable(home, tmp_path, mo
     assert r.stderr.strip().splitlines()[-1] == (  # built-ins are checked too (and pass)
         f"error: 3 of {len(wanted)} downloads failed: clip-vit-b-32, clip-vit-b-16, clip-vit-l-14")
     assert store.install_status(registry.load_registry().get("foo")) == "installed"
+
+
+def test_from_file_refuses_a_pipeline(home, tmp_path):
+    f = tmp_path / "x.bin"
+    f.write_bytes(PAYLOAD)
+    r = _run("download", "clipsr-lite-x8", "--from", str(f))
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "'clipsr-lite-x8' is a pipeline of other models" in r.stderr
+    assert "(clipsr-lite-x4)" in r.stderr and _cache_files(home) == []
+
+
+def test_download_tasks_return_typed_results(server, home, tmp_path, monkeypatch):
+    from clipsr_cli.tasks import download as task
+
+    server.files["/m/foo.safetensors"] = PAYLOAD
+    _registry(tmp_path, monkeypatch, _entry_toml("foo", [f"{server.url}/m/foo.safetensors"])
+              + _entry_toml("bar", [f"{server.url}/m/missing.safetensors"]))
+    listing = task.list_models(every=False)
+    assert listing.hidden == ("clip-rn50",) and "clip-rn50" not in [e.name for e in listing.shown]
+    rows = {r.entry.name: r for r in listing.rows()}
+    assert (rows["clipsr-lite-x8"].installed, rows["clipsr-lite-x8"].size) == ("built-in", None)
+    assert (rows["foo"].installed, rows["foo"].size) == ("no", len(PAYLOAD))
+    reg, entries = task.select(["foo", "bar", "clipsr-lite-x8"])
+    files = task.to_download(reg, entries, every=False)
+    assert [e.name for e in files] == ["foo", "bar", "clipsr-lite-x4"]  # a pipeline: its stages
+    results = []
+    with pytest.raises(DownloadError, match="1 of 3 downloads failed: bar"):
+        for r in task.download_models(files):
+            results.append(r)
+    assert [type(r).__name__ for r in results] == ["Fetched", "FetchFailed", "Fetched"]
+    assert results[0].path.read_bytes() == PAYLOAD and isinstance(results[1].error, DownloadError)
+    seen = []
+    report = task.verify_models(reg, [], each=seen.append)  # none named: every installed file
+    assert [r.entry.name for r in seen] == [r.entry.name for r in report.results]
+    assert {"foo", "clipsr-lite-x4"} <= {r.entry.name for r in seen}
+    assert report.failed == [] and report.check() is None
+    results[0].path.write_bytes(PAYLOAD[:-1] + b"!")
+    with pytest.raises(DownloadError, match=r"1 of 1 model file\(s\) failed verification \(foo\)"):
+        task.verify_models(reg, [reg.get("foo")]).check()
+
+
+def test_the_download_and_models_commands_import_no_torch(home, tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        from typer.testing import CliRunner
+        from clipsr_cli.cli.app import app
+        codes = [CliRunner().invoke(app, args).exit_code for args in (
+            ["models"], ["models", "-v"], ["download", "--list"], ["download", "--verify"],
+            ["download", "clip-vit-b-32", "--offline"], ["download", "clipsr-lite-x4"])]
+        assert codes == [0, 0, 0, 0, 1, 0], codes
+        sys.exit(3 if "torch" in sys.modules else 0)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CLIPSR_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -96,7 +96,7 @@ def test_hub_modules_import_one_way():
     import ast
     from pathlib import Path
 
-    order = ["weightfiles", "registry", "store", "transfer", "fetch", "resolve"]
+    order = ["weightfiles", "entries", "registry", "store", "transfer", "fetch", "resolve"]
     hub = Path(registry.__file__).parent
     for i, name in enumerate(order):
         tree = ast.parse((hub / f"{name}.py").read_text())

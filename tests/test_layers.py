@@ -182,8 +182,9 @@ _WEIGHT_SUFFIXES = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
 _WEIGHT_WORDS = {x[1:] for x in _WEIGHT_SUFFIXES}  # the same without the dot: "pth"
 _SUFFIX_TABLE = "clipsr_cli.hub.weightfiles"
 #: The only modules that may ask the table: what a model string names, and which files a
-#: registry entry of each kind may name. They ask it; they name no suffix themselves.
-_SUFFIX_USERS = {"clipsr_cli.hub.resolve", "clipsr_cli.hub.registry"}
+#: registry entry of each kind may name (the entry classes, each parsing its own table). They ask
+#: it; they name no suffix themselves.
+_SUFFIX_USERS = {"clipsr_cli.hub.resolve", "clipsr_cli.hub.entries"}
 #: A weights ending inside a glob or regular expression: ``*.pth``, ``\.(pt|pth)$``.
 _IN_PATTERN = re.compile(r"(?:\.|\\\.|\(|\|)(?:" + "|".join(sorted(_WEIGHT_WORDS)) + r")(?=$|\$|\)|\|)",
                          re.IGNORECASE)
@@ -296,8 +297,9 @@ def test_the_suffix_checker_can_fail():
 
 def test_only_the_resolver_tests_weight_file_suffixes():
     """What a model string names is decided once (hub/resolve.py, with the one suffix table in
-    hub/weightfiles.py; the registry asks the table which files each kind may name): no other
-    module tells weights files apart by their name, and those two name no suffix themselves."""
+    hub/weightfiles.py; the registry's entry classes ask the table which files their kind may
+    name): no other module tells weights files apart by their name, and those two name no suffix
+    themselves."""
     bad = {}
     for mod, path in _modules().items():
         if mod == _SUFFIX_TABLE:

@@ -11,6 +11,7 @@ from clipsr_cli.cli.app import app
 from clipsr_cli.data.degrade import degrade, imresize
 from clipsr_cli.data.smooth import smooth_region_check
 from clipsr_cli.errors import ClipsrError, ModelError, UsageError
+from clipsr_cli.hub.entries import FileEntry, PipelineEntry
 from clipsr_cli.hub.registry import parse_registry_file
 from clipsr_cli.infer.engine import Upscaler
 from clipsr_cli.infer.pipeline import Pipeline
@@ -99,7 +100,8 @@ stages = ["clipsr-lite-x4", "bicubic:2"]
 
 def test_registry_pipeline_entries_and_their_errors(tmp_path):
     (e,) = parse_registry_file(_write(tmp_path, GOOD))
-    assert e.kind == "pipeline" and e.stages == ("clipsr-lite-x4", "bicubic:2") and e.file == ""
+    assert isinstance(e, PipelineEntry) and e.kind == "pipeline"
+    assert e.stages == ("clipsr-lite-x4", "bicubic:2") and not isinstance(e, FileEntry)  # no file
     for change, why in [
         ('stages = []', "stages"),
         ('stages = ["bicubic:2", "clipsr-lite-x4"]', "starts with a model"),

@@ -255,3 +255,44 @@ def test_registry_and_downloads_import_no_torch(home):
             "sys.exit('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_each_kind_parses_into_its_own_frozen_class(tmp_path):
+    from clipsr_cli.hub.entries import (TOML_KEYS, ClipEntry, FileEntry, GeneratorEntry,
+                                        PipelineEntry, SpandrelEntry)
+
+    spandrel = textwrap.dedent(f"""
+        [[model]]
+        name = "span-x4"
+        kind = "spandrel"
+        description = "d"
+        license = "MIT"
+        file = "span.pth"
+        sha256 = "{SHA}"
+        urls = ["file:///srv/span.pth"]
+        scale = 4
+    """)
+    clip = GOOD.replace('"foo-x4"', '"c"').replace('kind = "generator"', 'kind = "clip"').replace(
+        "scale = 4\ntext_guided = true\nclip = \"ViT-B-32:openai\"",
+        'arch = "RN50"\nweights = "openai"')
+    pipe = ('[[model]]\nname = "p"\nkind = "pipeline"\ndescription = "d"\nlicense = "MIT"\n'
+            'scale = 8\nstages = ["foo-x4", "bicubic:2"]\n')
+    g, s, c, p = registry.parse_registry_file(_write(tmp_path, GOOD + spandrel + clip + pipe))
+    assert [type(e) for e in (g, s, c, p)] == [GeneratorEntry, SpandrelEntry, ClipEntry,
+                                                PipelineEntry]
+    assert [e.kind for e in (g, s, c, p)] == ["generator", "spandrel", "clip", "pipeline"]
+    assert all(isinstance(e, FileEntry) for e in (g, s, c)) and not isinstance(p, FileEntry)
+    assert (s.scale, s.text_guided, s.file) == (4, False, "span.pth")
+    assert (c.scale, c.text_guided, c.clip_spec, c.usable) == (None, None, "RN50:openai", False)
+    assert (p.scale, p.text_guided, p.stages) == (8, False, ("foo-x4", "bicubic:2"))
+    assert not hasattr(p, "sha256") and not hasattr(s, "degradation_model")
+    with pytest.raises(FrozenInstanceError):
+        p.stages = ()
+    # the keys a table may have are those of the TOML format, whatever the kind
+    assert TOML_KEYS == {"name", "kind", "description", "license", "file", "sha256", "size",
+                         "urls", "source", "scale", "text_guided", "clip", "degradation_model",
+                         "arch", "weights", "stages"}
+    with pytest.raises(ModelError, match="'degradation_model' is only for generator entries"):
+        registry.parse_registry_file(_write(tmp_path, spandrel + 'degradation_model = "x"\n'))
+    with pytest.raises(ModelError, match="a spandrel file must be .safetensors or .pth or .pt"):
+        registry.parse_registry_file(_write(tmp_path, spandrel.replace("span.pth", "span.bin")))

@@ -49,10 +49,11 @@ def degradations(incomplete: str) -> list[str]:
 
 def _registered(*, clip: bool) -> list[str]:
     from clipsr_cli.errors import ClipsrError
+    from clipsr_cli.hub.entries import ClipEntry
     from clipsr_cli.hub.registry import load_registry
 
     try:
-        return [e.name for e in load_registry() if clip or e.kind != "clip"]
+        return [e.name for e in load_registry() if clip or not isinstance(e, ClipEntry)]
     except ClipsrError:  # a broken user registry: no names, never a traceback while completing
         return []
 

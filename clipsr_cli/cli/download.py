@@ -1,7 +1,7 @@
 """``clipsr download`` (fetch, list, verify, install by hand) and ``clipsr models`` (a table).
 
-Thin: the work is in ``clipsr_cli.hub`` (``registry``, ``store``, ``fetch``). Results (paths, the
-table, the list) go to stdout; progress and messages to stderr. :func:`download_bar` is the
+Thin: the work is :mod:`clipsr_cli.tasks.download` (typed results, rendered here). Results (paths,
+the table, the list) go to stdout; progress and messages to stderr. :func:`download_bar` is the
 progress bar any command can hand to the hub's ``progress=`` parameter.
 """
 
@@ -28,17 +28,6 @@ def format_size(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{n} B"  # pragma: no cover
-
-
-def _status_label(entry, status: str) -> str:
-    if status == "installed":
-        if entry.kind == "pipeline":
-            from clipsr_cli.hub.store import pipeline_stages
-
-            built_in = all(e.source == "package" for e in pipeline_stages(entry))
-            return "built-in" if built_in else "yes"
-        return "built-in" if entry.source == "package" else "yes"
-    return {"missing": "no", "damaged": "damaged", "unverified": "unverified"}[status]
 
 
 class _Bar:
@@ -88,27 +77,6 @@ def download_bar() -> Iterator[_Bar | None]:
         bar.close()
 
 
-def _size(entry) -> int | None:
-    if entry.kind == "pipeline":
-        return None
-    if entry.size is not None:
-        return entry.size
-    from clipsr_cli.hub.store import installed_path
-
-    p = installed_path(entry)
-    return p.stat().st_size if p.is_file() else None
-
-
-def _files_of(entries, store) -> list:
-    """Entries with files: each pipeline replaced by its stages, duplicates dropped."""
-    out: list = []
-    for e in entries:
-        for f in (store.pipeline_stages(e) if e.kind == "pipeline" else [e]):
-            if f not in out:
-                out.append(f)
-    return out
-
-
 def register(app: typer.Typer) -> None:
     @app.command("download")
     def download(
@@ -134,82 +102,30 @@ def register(app: typer.Typer) -> None:
         verbose: Verbose = False,
     ) -> None:
         """Download registered models into the cache (sha256-verified, resumable)."""
-        from clipsr_cli.cli.console import cli_words, configure, err_console, info
-        from clipsr_cli.errors import ClipsrError, DownloadError
-        from clipsr_cli.hub import fetch, registry, store
+        from clipsr_cli.cli.console import configure
+        from clipsr_cli.tasks import download as task
 
         configure(verbose=verbose, quiet=quiet)
-        names = names or []
         modes = sum([all_, list_, verify, src is not None])
         if modes > 1 and not (verify and all_):
             ctx.fail("use one of --all, --list, --verify, --from at a time")
-        reg = registry.load_registry()
-        entries = [reg.get(n) for n in names]  # fail fast on a misspelt name
-
+        reg, entries = task.select(names or [])  # fail fast on a misspelt name
         if list_:  # the table of 'clipsr models -v', for the NAMEs given or all
-            _print_models(entries or list(reg), verbose=True, quiet=quiet)
-            return
-
-        if src is not None:
+            _print_models(task.list_models(entries or None, every=True), verbose=True,
+                          quiet=quiet)
+        elif src is not None:
             if len(entries) != 1:
                 ctx.fail("--from installs one file: name exactly one model")
-            path = store.install_from_file(entries[0], src)
-            info(f"installed {entries[0].name} (sha256 verified)")
-            typer.echo(str(path))
-            return
-
-        if verify:
-            checked = _files_of(entries, store) or [
-                e for e in reg if e.kind != "pipeline" and store.install_status(e) != "missing"]
-            bad = []
-            for e in checked:
-                r = store.verify(e)
-                if r.status == "ok":
-                    typer.echo(f"ok        {e.name}  {r.path}")
-                elif r.status == "missing":
-                    typer.echo(f"missing   {e.name}")
-                    bad.append(e.name)
-                else:
-                    typer.echo(f"MISMATCH  {e.name}  {r.path}: expected sha256 {e.sha256}, "
-                               f"got {r.actual} ({r.size} bytes)")
-                    bad.append(e.name)
-            if not checked:
-                info("no installed models to verify")
-            if bad:
-                raise DownloadError(f"{len(bad)} of {len(checked)} model file(s) failed "
-                                    f"verification ({', '.join(bad)}); they will not be loaded: "
-                                    f"run 'clipsr download {' '.join(bad)} --force'")
-            return
-
-        if all_:
-            entries = []
-            for e in reg:
-                if e.usable:
-                    entries.append(e)
-                else:
-                    info(f"skipping {e.name} (not usable by CLIP-SR); name it to download it")
-        if not entries:
-            ctx.fail("name one or more models (see 'clipsr models'), or use --all or --list")
-        entries = _files_of(entries, store)  # a pipeline is fetched as its stages
-        failed: list[tuple[str, ClipsrError]] = []
-        for e in entries:
-            if not force and store.install_status(e) == "installed":
-                info(f"{e.name} is already installed")
-            try:
-                with download_bar() as bar:
-                    path = fetch.ensure(e, force=force, offline=offline or None, progress=bar)
-            except ClipsrError as err:
-                if len(entries) == 1:
-                    raise
-                err_console.print("[bold red]error:[/] ", end="", highlight=False)
-                err_console.print(cli_words(str(err)), highlight=False, soft_wrap=True,
-                                  markup=False)
-                failed.append((e.name, err))
-                continue
-            typer.echo(str(path))
-        if failed:
-            raise DownloadError(f"{len(failed)} of {len(entries)} downloads failed: "
-                                f"{', '.join(n for n, _ in failed)}")
+            typer.echo(str(task.install_from_file(entries[0], src)))
+        elif verify:
+            task.verify_models(reg, entries, each=_print_verified).check()
+        else:
+            files = task.to_download(reg, entries, every=all_)
+            if not files:
+                ctx.fail("name one or more models (see 'clipsr models'), or use --all or --list")
+            for result in task.download_models(files, force=force, offline=offline,
+                                               bar=download_bar):
+                _print_fetched(result)
 
     @app.command("models")
     def models(quiet: Quiet = False, verbose: Annotated[bool, typer.Option(
@@ -218,25 +134,47 @@ def register(app: typer.Typer) -> None:
         """List registered models: scale, text-guided or not, size, license, installed
         (-q: names only)."""
         from clipsr_cli.cli.console import configure
-        from clipsr_cli.hub import registry
+        from clipsr_cli.tasks.download import list_models
 
         configure(verbose=verbose, quiet=quiet)
-        _print_models(list(registry.load_registry()), verbose=verbose, quiet=quiet)
+        _print_models(list_models(every=verbose), verbose=verbose, quiet=quiet)
 
 
-def _print_models(entries: list, *, verbose: bool, quiet: bool) -> None:
-    """The models table on stdout (``quiet``: one name per line). Without ``verbose`` an entry
-    CLIP-SR cannot use is left out and counted in a note on stderr."""
+def _print_verified(r) -> None:
+    """One line of ``download --verify`` on stdout."""
+    if r.status == "ok":
+        typer.echo(f"ok        {r.entry.name}  {r.path}")
+    elif r.status == "missing":
+        typer.echo(f"missing   {r.entry.name}")
+    else:
+        typer.echo(f"MISMATCH  {r.entry.name}  {r.path}: expected sha256 {r.entry.sha256}, "
+                   f"got {r.actual} ({r.size} bytes)")
+
+
+def _print_fetched(result) -> None:
+    """A downloaded file's path on stdout, or (one of several) its error on stderr."""
+    from clipsr_cli.cli.console import cli_words, err_console
+    from clipsr_cli.tasks.download import FetchFailed
+
+    if isinstance(result, FetchFailed):
+        err_console.print("[bold red]error:[/] ", end="", highlight=False)
+        err_console.print(cli_words(str(result.error)), highlight=False, soft_wrap=True,
+                          markup=False)
+    else:
+        typer.echo(str(result.path))
+
+
+def _print_models(listing, *, verbose: bool, quiet: bool) -> None:
+    """The models table of a :class:`~clipsr_cli.tasks.download.ModelList` on stdout
+    (``quiet``: one name per line), and a note on stderr naming the entries it leaves out."""
     from rich.console import Console
     from rich.table import Table
 
     from clipsr_cli.cli.console import info
-    from clipsr_cli.hub import store
+    from clipsr_cli.hub.entries import ClipEntry
 
-    hidden = [e.name for e in entries if not e.usable and not verbose]
-    shown = [e for e in entries if e.usable or verbose]
     if quiet:
-        for e in shown:
+        for e in listing.shown:
             typer.echo(e.name)
         return
     table = Table(title=None, box=None, header_style="bold", pad_edge=False)
@@ -245,13 +183,14 @@ def _print_models(entries: list, *, verbose: bool, quiet: bool) -> None:
         table.add_column(name, no_wrap=True, **kw)
     if verbose:
         table.add_column("description", overflow="fold")
-    for e in shown:
+    for r in listing.rows():
+        e = r.entry
         text = "-" if e.text_guided is None else ("yes" if e.text_guided else "no")
-        row = [e.name, "CLIP" if e.kind == "clip" else e.kind,
-               f"x{e.scale}" if e.scale else "-", text, format_size(_size(e)), e.license,
-               _status_label(e, store.install_status(e))]
+        row = [e.name, "CLIP" if isinstance(e, ClipEntry) else e.kind,
+               f"x{e.scale}" if e.scale else "-", text, format_size(r.size), e.license,
+               r.installed]
         table.add_row(*row, *([e.description] if verbose else []))
     Console(highlight=False, width=max(160, Console().width) if verbose else None).print(table)
-    if hidden:
-        info(f"not listed: {', '.join(hidden)} (registered, but not usable by CLIP-SR); -v lists "
-             "every entry")
+    if listing.hidden:
+        info(f"not listed: {', '.join(listing.hidden)} (registered, but not usable by CLIP-SR); "
+             "-v lists every entry")

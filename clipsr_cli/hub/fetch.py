@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipsr_cli.errors import DownloadError, ModelError, log
-from clipsr_cli.hub.registry import ModelEntry
+from clipsr_cli.hub.entries import FileEntry, ModelEntry, PipelineEntry
 from clipsr_cli.hub.store import (
     check_installed, check_package, install, installed_path, locked, part_path, rmdir_if_empty,
 )
@@ -91,7 +91,7 @@ def is_offline(offline: bool | None = None) -> bool:
 # the public operations
 
 
-def candidate_urls(entry: ModelEntry) -> list[str]:
+def candidate_urls(entry: FileEntry) -> list[str]:
     """``$CLIPSR_MIRROR/<file>`` (when set), then the entry's URLs, without repeats."""
     urls = []
     mirror = os.environ.get("CLIPSR_MIRROR", "").strip()
@@ -106,7 +106,7 @@ def candidate_urls(entry: ModelEntry) -> list[str]:
     return urls
 
 
-def offline_error(entry: ModelEntry, offline: bool | None = None) -> DownloadError:
+def offline_error(entry: FileEntry, offline: bool | None = None) -> DownloadError:
     """A missing file while offline: the command to run, and the URLs for a manual download."""
     reason = offline_reason(offline) or "offline"
     return DownloadError(
@@ -124,7 +124,7 @@ def ensure(entry: ModelEntry, *, offline: bool | None = None, force: bool = Fals
     Raises ``DownloadError`` (offline and missing, every mirror failed, hash mismatch, the
     installed file is damaged) or ``ModelError`` (a built-in file is missing or damaged).
     """
-    if entry.kind == "pipeline":
+    if isinstance(entry, PipelineEntry):
         raise ModelError(f"{entry.name!r} is a pipeline of other models and has no file; fetch "
                          "its stages (store.pipeline_stages)")
     if entry.source == "package":
@@ -147,13 +147,13 @@ def ensure(entry: ModelEntry, *, offline: bool | None = None, force: bool = Fals
 _Tick = Callable[[int, int | None], None]
 
 
-def _ticker(entry: ModelEntry, progress: Progress | None) -> _Tick:
+def _ticker(entry: FileEntry, progress: Progress | None) -> _Tick:
     if progress is None:
         return lambda done, total: None
     return lambda done, total: progress(entry.file, done, total)
 
 
-def _download(entry: ModelEntry, urls: list[str], *, force: bool, policy: RetryPolicy,
+def _download(entry: FileEntry, urls: list[str], *, force: bool, policy: RetryPolicy,
               tick: _Tick) -> Path:
     with locked(entry, timeout=policy.lock_timeout) as path:
         if not force and check_installed(entry, path):
@@ -200,7 +200,7 @@ def _download(entry: ModelEntry, urls: list[str], *, force: bool, policy: RetryP
                         f"and run 'clipsr download {entry.name} --from FILE'")
 
 
-def _fetch_url(url: str, part: Partial, entry: ModelEntry, policy: RetryPolicy,
+def _fetch_url(url: str, part: Partial, entry: FileEntry, policy: RetryPolicy,
                tick: _Tick) -> None:
     """Bring ``part`` to the complete, verified file from ``url`` (resuming what is there).
 

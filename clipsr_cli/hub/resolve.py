@@ -31,7 +31,9 @@ from typing import Union
 
 from clipsr_cli.errors import ModelError
 from clipsr_cli.hub.fetch import Progress, ensure
-from clipsr_cli.hub.registry import ModelEntry, default_model, load_registry, resize_factor
+from clipsr_cli.hub.entries import (UPSCALERS, ClipEntry, GeneratorEntry, ModelEntry,
+                                    PipelineEntry, SpandrelEntry, resize_factor)
+from clipsr_cli.hub.registry import default_model, load_registry
 from clipsr_cli.hub.weightfiles import weights_format
 from clipsr_cli.io.files import check_regular
 from clipsr_cli.model.header import FORMAT, read_header
@@ -74,7 +76,7 @@ class ForeignFile:
 class Registered:
     """A registry entry with one file: a clipsr generator or a spandrel model."""
 
-    entry: ModelEntry
+    entry: GeneratorEntry | SpandrelEntry
 
     @property
     def name(self) -> str:
@@ -84,7 +86,7 @@ class Registered:
              progress: Progress | None = None) -> ClipsrFile | ForeignFile:
         """The verified local file (downloaded first unless offline), as a file reference."""
         path = ensure(self.entry, offline=offline, progress=progress)
-        if self.entry.kind == "spandrel":
+        if isinstance(self.entry, SpandrelEntry):
             return ForeignFile(path, weights_format(path) or "torch", self.name)
         return ClipsrFile(path, self.name)
 
@@ -94,7 +96,7 @@ class PipelineRef:
     """A registered pipeline: its stages in order, each a :class:`Registered` model or an int N
     (a bicubic ×N resize)."""
 
-    entry: ModelEntry
+    entry: PipelineEntry
     stages: tuple[Registered | int, ...]
 
     @property
@@ -106,7 +108,7 @@ class PipelineRef:
 class ClipRef:
     """A registered CLIP backbone: named, but no upscaling model."""
 
-    entry: ModelEntry
+    entry: ClipEntry
 
     @property
     def name(self) -> str:
@@ -180,9 +182,9 @@ def _file_ref(s: str) -> ClipsrFile | ForeignFile:
 
 
 def _entry_ref(entry: ModelEntry) -> Registered | PipelineRef | ClipRef:
-    if entry.kind == "clip":
+    if isinstance(entry, ClipEntry):
         return ClipRef(entry)
-    if entry.kind != "pipeline":
+    if not isinstance(entry, PipelineEntry):
         return Registered(entry)
     reg = load_registry()
     stages: list[Registered | int] = []
@@ -192,7 +194,7 @@ def _entry_ref(entry: ModelEntry) -> Registered | PipelineRef | ClipRef:
             stages.append(factor)
             continue
         sub = reg.find(name)
-        if sub is None or sub.kind not in ("generator", "spandrel"):
+        if not isinstance(sub, UPSCALERS):
             raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): stage {name!r} is not "
                              "a registered upscaling model; fix the registry file")
         stages.append(Registered(sub))

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from clipsr_cli.errors import DownloadError, InputError, ModelError, log
-from clipsr_cli.hub.registry import ModelEntry, cache_dir, load_registry, resize_factor
+from clipsr_cli.hub.entries import (UPSCALERS, FileEntry, ModelEntry, PipelineEntry,
+                                    resize_factor)
+from clipsr_cli.hub.registry import cache_dir, load_registry
 from clipsr_cli.io.atomic import atomic_write_bytes
 from clipsr_cli.io.files import check_regular, open_regular
 
@@ -35,7 +37,7 @@ LOCK_TIMEOUT = 6 * 3600.0
 CHUNK = 1 << 20
 
 
-def installed_path(entry: ModelEntry) -> Path:
+def installed_path(entry: FileEntry) -> Path:
     """Where ``entry``'s file is (package) or goes (cache); it may not exist yet."""
     if entry.source == "package":
         return PACKAGE_WEIGHTS / entry.file
@@ -77,7 +79,7 @@ def _read_marker(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _damaged(entry: ModelEntry, path: Path, why: str) -> DownloadError:
+def _damaged(entry: FileEntry, path: Path, why: str) -> DownloadError:
     return DownloadError(f"the installed file of {entry.name!r} ({path}) fails verification "
                          f"({why}); it will not be loaded: run 'clipsr download {entry.name} "
                          "--force' to fetch it again")
@@ -86,7 +88,7 @@ def _damaged(entry: ModelEntry, path: Path, why: str) -> DownloadError:
 Status = Literal["installed", "missing", "damaged", "unverified"]
 
 
-def pipeline_stages(entry: ModelEntry) -> list[ModelEntry]:
+def pipeline_stages(entry: PipelineEntry) -> list[FileEntry]:
     """The registered models a pipeline runs (its ``bicubic:N`` steps left out), in order;
     ``ModelError`` when a stage is unknown or is not an upscaling model."""
     reg, out = load_registry(), []
@@ -94,7 +96,7 @@ def pipeline_stages(entry: ModelEntry) -> list[ModelEntry]:
         if resize_factor(stage) is not None:
             continue
         e = reg.find(stage)
-        if e is None or e.kind not in ("generator", "spandrel"):
+        if not isinstance(e, UPSCALERS):
             what = "unknown" if e is None else f"a {e.kind}, not an upscaling model"
             raise ModelError(f"pipeline {entry.name!r} ({entry.origin}): stage {stage!r} is "
                              f"{what}; fix the registry file")
@@ -106,7 +108,7 @@ def install_status(entry: ModelEntry) -> Status:
     """Cheap status for listings (no hashing): installed (size and marker agree), missing,
     damaged (wrong size), unverified (present but not yet hashed; checked on first use).
     A pipeline is as installed as the least installed of its stages."""
-    if entry.kind == "pipeline":
+    if isinstance(entry, PipelineEntry):
         states = {install_status(e) for e in pipeline_stages(entry)}
         for s in ("damaged", "missing", "unverified"):
             if s in states:
@@ -130,7 +132,7 @@ def install_status(entry: ModelEntry) -> Status:
     return "unverified"
 
 
-def check_installed(entry: ModelEntry, path: Path) -> bool:
+def check_installed(entry: FileEntry, path: Path) -> bool:
     """True when ``path`` holds ``entry``'s verified file, False when absent; a present but
     wrong file raises ``DownloadError`` (it is never returned to a loader)."""
     try:
@@ -155,7 +157,7 @@ def check_installed(entry: ModelEntry, path: Path) -> bool:
 _package_verified: set[tuple[str, int, int, str]] = set()  # a memo: hashed once per process
 
 
-def check_package(entry: ModelEntry) -> Path:
+def check_package(entry: FileEntry) -> Path:
     """The built-in (``source = "package"``) file of ``entry``, after checking it; a missing or
     damaged one raises ``ModelError`` (the installation is broken)."""
     path = installed_path(entry)
@@ -179,14 +181,14 @@ def check_package(entry: ModelEntry) -> Path:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    entry: ModelEntry
+    entry: FileEntry
     path: Path
     status: Literal["ok", "missing", "mismatch"]
     actual: str | None = None
     size: int | None = None
 
 
-def verify(entry: ModelEntry) -> VerifyResult:
+def verify(entry: FileEntry) -> VerifyResult:
     """Re-hash the installed file of ``entry``. A mismatch invalidates the remembered
     verification, so that the file is never loaded until it is fetched again."""
     path = installed_path(entry)
@@ -207,7 +209,7 @@ def verify(entry: ModelEntry) -> VerifyResult:
 
 
 @contextmanager
-def locked(entry: ModelEntry, *, timeout: float = LOCK_TIMEOUT) -> Iterator[Path]:
+def locked(entry: FileEntry, *, timeout: float = LOCK_TIMEOUT) -> Iterator[Path]:
     """Hold ``entry``'s write lock (creating the cache directories); yields its final path.
 
     A second process (or thread) writing the same file waits up to ``timeout`` seconds, then
@@ -262,7 +264,7 @@ def install(part: Path, path: Path, sha256: str) -> None:
     _write_marker(path, sha256)
 
 
-def install_from_file(entry: ModelEntry, src: str | os.PathLike, *,
+def install_from_file(entry: FileEntry, src: str | os.PathLike, *,
                       lock_timeout: float = LOCK_TIMEOUT) -> Path:
     """Install a file fetched by hand, after checking its size and sha256 (works offline)."""
     src = Path(src).expanduser()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipsr_cli.errors import DownloadError, InputError, UsageError
-from clipsr_cli.hub.registry import ModelEntry
+from clipsr_cli.hub.entries import FileEntry
 from clipsr_cli.io.files import open_regular
 
 DEFAULT_MAX_UNKNOWN_SIZE = 3 << 29
@@ -157,7 +157,7 @@ class Partial:
     def sha256(self) -> str:
         return self._h.hexdigest()
 
-    def matches(self, entry: ModelEntry) -> bool:
+    def matches(self, entry: FileEntry) -> bool:
         """Whether the bytes so far are ``entry``'s file."""
         return (entry.size is None or self.size == entry.size) and self.sha256 == entry.sha256
 
@@ -190,7 +190,7 @@ class Partial:
             fd, self._fd = self._fd, None
             os.close(fd)
 
-    def failed(self, entry: ModelEntry, e: OSError, expected: int | None) -> DownloadError:
+    def failed(self, entry: FileEntry, e: OSError, expected: int | None) -> DownloadError:
         """Delete the file after a failed write and say what to do."""
         written = self.size
         try:
@@ -215,7 +215,7 @@ def _free(d: Path) -> int:
         return 0
 
 
-def check_space(entry: ModelEntry, part: Partial, expected: int | None) -> None:
+def check_space(entry: FileEntry, part: Partial, expected: int | None) -> None:
     """``DownloadError`` when the rest of an ``expected``-byte file cannot fit on the disk."""
     if expected is None:
         return
@@ -234,7 +234,7 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 451}
 
 
-def transfer(url: str, part: Partial, entry: ModelEntry, policy: RetryPolicy, tick: Tick, *,
+def transfer(url: str, part: Partial, entry: FileEntry, policy: RetryPolicy, tick: Tick, *,
              user_agent: str) -> None:
     """Append the rest of ``entry``'s file from ``url`` to ``part``. Returns at the end of the
     stream or at the size limit (the caller checks the hash); raises ``Transient`` (retry),
@@ -320,7 +320,7 @@ def _open_file(url: str, part: Partial):
     return f, total
 
 
-def _copy(src, part: Partial, entry: ModelEntry, expected: int | None, limit: int,
+def _copy(src, part: Partial, entry: FileEntry, expected: int | None, limit: int,
           policy: RetryPolicy, stall: float, tick: Tick) -> None:
     """Append ``src`` to ``part`` until its end, or until ``limit`` bytes or the sha256 matches
     (then stop reading: no server decides how much clipsr writes)."""

@@ -1,7 +1,7 @@
 """The one table of weight-file name endings: how a file of each kind is read.
 
 Only :mod:`clipsr_cli.hub.resolve` (what a model string names) and
-:mod:`clipsr_cli.hub.registry` (which files an entry of each kind may name) ask it;
+:mod:`clipsr_cli.hub.entries` (which files a registry entry of each kind may name) ask it;
 ``tests/test_layers.py`` checks that no other module tests weight-file suffixes. Below the hub,
 a reader is told the format (e.g. :class:`~clipsr_cli.hub.resolve.ForeignFile.format`) instead
 of guessing it from a name.

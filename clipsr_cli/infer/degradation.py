@@ -24,6 +24,7 @@ from clipsr_cli.errors import ModelError, UsageError, log
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI checks options without it
     import torch
 
+    from clipsr_cli.hub.entries import ModelEntry
     from clipsr_cli.io.decode import LoadedImage
 
 __all__ = ["DegradationMode", "Degradation", "Strength", "choose_strength", "WeightBlend",
@@ -176,23 +177,24 @@ class WeightBlend:
             params[k].copy_(value)
 
 
-def partner_weights(model: str, net: "torch.nn.Module",
+def partner_weights(entry: "ModelEntry | None", net: "torch.nn.Module",
                     degradation: Degradation) -> "dict[str, torch.Tensor] | None":
-    """The weights of registered ``model``'s degradation-aware partner (its registry entry's
-    ``degradation_model``), or None when it has none or ``degradation`` never needs it (a fixed
-    strength of 0, e.g. ``--degradation clean``: then the clean model runs exactly as before)."""
-    from clipsr_cli.hub.registry import load_registry
+    """The weights of the degradation-aware partner of the registry ``entry`` the network was
+    loaded from (its ``degradation_model``; the entry comes with the resolved
+    :class:`~clipsr_cli.hub.resolve.Registered`, None for a file), or None when it has none or
+    ``degradation`` never needs it (a fixed strength of 0, e.g. ``--degradation clean``: then the
+    clean model runs exactly as before)."""
+    from clipsr_cli.hub.entries import GeneratorEntry
     from clipsr_cli.hub.resolve import resolve_model
     from clipsr_cli.model.checkpoint import read_checkpoint
 
-    if degradation.fixed == 0.0:
+    if degradation.fixed == 0.0 or not isinstance(entry, GeneratorEntry):
         return None
-    entry = load_registry().find(model)
-    partner = getattr(entry, "degradation_model", None)
+    partner = entry.degradation_model
     if partner is None:
         return None
     config, state, _ = read_checkpoint(resolve_model(partner))
     if config != getattr(net, "config", None):
-        raise ModelError(f"{model}'s degradation-aware partner {partner} has another architecture; "
-                         "fix the registry's degradation_model")
+        raise ModelError(f"{entry.name}'s degradation-aware partner {partner} has another "
+                         "architecture; fix the registry's degradation_model")
     return {k: v.float() for k, v in state.items()}

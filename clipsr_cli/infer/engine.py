@@ -127,7 +127,8 @@ class Upscaler(Engine):
             if scale is not None and net.info.scale != scale:
                 raise ModelError(f"model {ref.name} upscales ×{net.info.scale}, not ×{scale}; "
                                  f"drop `scale` or pick a ×{scale} model (see 'clipsr models')")
-            degraded = partner_weights(ref.name, net, options.degradation)
+            entry = ref.entry if isinstance(ref, Registered) else None  # a file has no partner
+            degraded = partner_weights(entry, net, options.degradation)
             up = cls(net, once, name=ref.name, degraded_state=degraded)
         return Pipeline.repeat(up, options.passes)
 

@@ -141,6 +141,7 @@ def require_text_model(model: str | None, scale: int | None) -> str:
     """The model to edit with: ``model``, or the first registered text-guided generator for
     ``scale``. Raises ModelError (naming text-guided models, or how to train one) when the
     choice is known not to be text-conditioned."""
+    from clipsr_cli.hub.entries import UPSCALERS, PipelineEntry
     from clipsr_cli.hub.registry import load_registry
 
     if model is None:
@@ -153,7 +154,7 @@ def require_text_model(model: str | None, scale: int | None) -> str:
 
         raise _refusal(f"{default_model(scale or 4)} (the default)", scale)
     entry = load_registry().find(model)
-    if entry is not None and entry.kind in ("generator", "pipeline", "spandrel") and not entry.text_guided:
+    if isinstance(entry, (*UPSCALERS, PipelineEntry)) and not entry.text_guided:
         raise _refusal(model, scale)
     return model
 

@@ -70,9 +70,10 @@ def describe_engine(up) -> str:
 
 def text_guided_models(scale: int | None) -> list:
     """The registered text-guided generators (for ``scale``; None: any scale)."""
+    from clipsr_cli.hub.entries import GeneratorEntry
     from clipsr_cli.hub.registry import load_registry
 
-    return [e for e in load_registry() if e.kind == "generator" and e.text_guided
+    return [e for e in load_registry() if isinstance(e, GeneratorEntry) and e.text_guided
             and (scale is None or e.scale == scale)]
 
 
