@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from clipsr_cli.errors import InputError, ModelError, log
-from clipsr_cli.hub.resolve import ModelRef, PipelineRef, resolve
+from clipsr_cli.hub.resolve import ModelRef, PipelineRef, Registered, resolve
 from clipsr_cli.infer.base import Engine, ProgressFn, StrengthLike, finite, upscale_alpha
 from clipsr_cli.infer.batching import stack_limit
 from clipsr_cli.infer.degradation import WeightBlend, partner_weights
