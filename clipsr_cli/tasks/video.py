@@ -176,10 +176,7 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     check_values(scale=scale)
     options = options or EngineOptions()
     passes, batch_size = options.passes, options.batch_size
-    if isinstance(segment_seconds, bool) or not isinstance(segment_seconds, (int, float)) \
-            or not 0 < segment_seconds < float("inf"):
-        raise UsageError(f"`segment_seconds` must be > 0, not {segment_seconds!r}",
-                         param="segment_seconds")
+    _check_segment_seconds(segment_seconds)
     size = OutputSize.parse(outscale=outscale, width=width, height=height)
     shard_kn = resolve_shard(shard, os.environ if env is None else env)
     src = Path(input).expanduser()
@@ -209,15 +206,7 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
     check_text(up, text)
     dest = Path(output).expanduser() if output is not None else default_output(
         src, up.scale, size.suffix if size else None)
-    target = _target(size, index.width, index.height, up.scale, choice, src.name)
-    _check_output_size(*target, src.name)
-    asked = (size.target(index.width, index.height) if size is not None
-             else (index.width * up.scale, index.height * up.scale))
-    if target != asked:
-        log.info(f"{choice.pix_fmt} needs even sides: frames are {target[0]}×{target[1]}, not "
-                 f"{asked[0]}×{asked[1]} (resized to it)")
-    if (note := beyond_note(size, up.scale)) is not None:
-        log.info(note)
+    target = _frame_size(size, index, up.scale, choice, src.name)
     folder = WorkFolder(Path(work_dir).expanduser() if work_dir is not None
                         else dest.with_name(dest.name + ".parts"))
     check_destination(dest, source=src, overwrite=overwrite)
@@ -238,6 +227,29 @@ def upscale_video(*, input: str | os.PathLike, output: str | os.PathLike | None 
                      overwrite=overwrite, keep_parts=keep_parts)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_segment_seconds(segment_seconds: float) -> None:
+    if isinstance(segment_seconds, bool) or not isinstance(segment_seconds, (int, float)) \
+            or not 0 < segment_seconds < float("inf"):
+        raise UsageError(f"`segment_seconds` must be > 0, not {segment_seconds!r}",
+                         param="segment_seconds")
+
+
+def _frame_size(size: OutputSize | None, index, scale: int, choice: EncoderChoice,
+                name: str) -> tuple[int, int]:
+    """The output frames' (width, height), checked; a note says when it differs from the size
+    asked for (even sides for the pixel format) or goes beyond the model's scale."""
+    target = _target(size, index.width, index.height, scale, choice, name)
+    _check_output_size(*target, name)
+    asked = (size.target(index.width, index.height) if size is not None
+             else (index.width * scale, index.height * scale))
+    if target != asked:
+        log.info(f"{choice.pix_fmt} needs even sides: frames are {target[0]}×{target[1]}, not "
+                 f"{asked[0]}×{asked[1]} (resized to it)")
+    if (note := beyond_note(size, scale)) is not None:
+        log.info(note)
+    return target
 
 
 def _join_only(src: Path, dest: Path, work_dir, *, container: str, shard, overwrite: bool,
