@@ -103,3 +103,37 @@ def test_batch_that_fails_is_retried_one_at_a_time(tmp_path, tiny_ckpt, monkeypa
                             str(tiny_ckpt()), "--device", "cpu", "--batch-size", "4"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "o").iterdir())) == 4
+
+
+def test_a_pipeline_runs_images_one_at_a_time_with_the_same_results(tmp_path, tiny_ckpt):
+    twice = Pipeline.repeat(Upscaler.load(tiny_ckpt(2), device="cpu", precision="fp32"), 2)
+    images = [read_image(_png(tmp_path / f"{i}.png", 6, 5, i, mode))
+              for i, mode in enumerate(["RGB", "RGBA"])]
+    outs = twice.upscale_images(images, [None, None])
+    for im, (rgb, alpha) in zip(images, outs):
+        ref, ref_alpha = twice.upscale_image(im, None)
+        assert rgb.shape == (20, 24, 3) and np.array_equal(rgb, ref)
+        assert (alpha is None) == (ref_alpha is None)
+        if alpha is not None:
+            assert torch.equal(alpha, ref_alpha)
+
+
+def test_engines_and_tasks_read_no_private_member_of_another_object():
+    """Batching asks the engine (``batch_limit``, ``upscale_images``) instead of reading its
+    ``_tile_size``; a pipeline takes its first stage's public values only (issue #19)."""
+    import ast
+    from pathlib import Path
+
+    import clipsr_cli
+
+    root = Path(clipsr_cli.__file__).parent
+    found = []
+    for pkg in ("infer", "tasks"):
+        for path in sorted((root / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                        and not node.attr.startswith("__")):
+                    owner = ast.unparse(node.value)
+                    if owner not in ("self", "cls") and not owner.startswith("torch."):
+                        found.append(f"{pkg}/{path.name}:{node.lineno} {owner}.{node.attr}")
+    assert not found, found
