@@ -94,6 +94,40 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(_run(loaded, x, "a bird"), _run(model.eval(), x, "a bird"))
 
 
+def test_the_clip_is_held_outside_the_module_tree_and_follows_the_generator():
+    """The frozen CLIP is in none of state_dict / parameters / modules / train(), and
+    ``.to()`` (device, dtype, memory format) reaches it when the generator next uses it."""
+    cfg = tiny_model_config(4, text=True, clip_view=8)
+    model = perturb(build_model(cfg, load_clip(cfg.clip)))
+    clip = model.clip
+    clip_params = {id(p) for p in clip.parameters()}
+    assert not clip_params & {id(p) for p in model.parameters()}
+    assert not any(m is clip for m in model.modules())
+    assert not any("clip.model" in k or "visual" in k for k in model.state_dict())
+    n = sum(p.numel() for p in model.parameters())
+    assert model.info.parameters == n
+    model.train()
+    assert not clip.training and not any(p.requires_grad for p in clip.parameters())
+
+    conv = lambda: clip.model.visual.conv1.weight  # noqa: E731
+    model.to(memory_format=torch.channels_last)
+    assert model.clip is clip and conv().is_contiguous(memory_format=torch.channels_last)
+    model.to(memory_format=torch.contiguous_format)
+    assert model.clip is clip and conv().is_contiguous()
+    model.to(torch.float64)
+    with torch.inference_mode():
+        assert model.clip.mean.dtype == conv().dtype == torch.float64
+    model.to(torch.float32)
+    with torch.inference_mode():  # moved back here, the CLIP must still work with autograd
+        assert model.clip.mean.dtype == conv().dtype == torch.float32
+    x = torch.rand(1, 3, 8, 8)
+    cond = model.condition(x, model.text_embedding(["a bird"]))
+    sum(f.sum() for f in cond.fu).backward()  # the prompt predictor is trained through CLIP
+    assert model.prompt_predictor.mlp[0].weight.grad is not None
+    model.to("meta")
+    assert model.clip.device.type == "meta"
+
+
 def test_fp16_storage_loads_as_fp32(tmp_path):
     cfg = tiny_model_config(4)
     path = save_checkpoint(tmp_path / "h.safetensors", build_model(cfg), cfg, dtype=torch.float16)

@@ -31,7 +31,7 @@ from clipsr_cli.model.config import ModelConfig, ModelInfo
 from clipsr_cli.model.prompt import ROUTES, Conditioning, FUProjection, PromptPredictor
 from clipsr_cli.model.view import clip_view, sample_windows
 
-__all__ = ["CLIPSR", "Conditioning", "build_model"]
+__all__ = ["CLIPSR", "Conditioning", "FrozenClip", "build_model"]
 
 
 class ImageEncoder(nn.Module):
@@ -140,9 +140,43 @@ def _tail_radius(num_up: int) -> int:
     return max(r, 2)
 
 
+class FrozenClip:
+    """The generator's frozen CLIP, held outside its module tree.
+
+    A plain object (not an ``nn.Module`` attribute), so the CLIP is in none of the generator's
+    ``state_dict()`` (checkpoints never copy it), ``parameters()`` (never trained, counted or
+    broadcast by DDP), ``modules()`` or ``train()``/``eval()`` (it is always frozen, in eval
+    mode). Instead it follows the generator: :meth:`follow` gives it the device, floating dtype
+    and memory format of a generator weight, so ``model.to(device)``, ``.cuda()``, ``.double()``
+    or ``.to(memory_format=...)`` reach it the first time the generator uses it. A CLIP shared
+    by two generators (training's model and its EMA copy) is where the last one to use it is.
+    """
+
+    __slots__ = ("backbone",)
+
+    def __init__(self, backbone: nn.Module | None = None):
+        self.backbone = backbone
+
+    def follow(self, like: torch.Tensor) -> nn.Module | None:
+        """The CLIP, first moved to where ``like`` (a 4-D conv weight of the generator) is;
+        outside inference mode, since training back-propagates through the CLIP."""
+        clip = self.backbone
+        if clip is None:
+            return None
+        conv = clip.model.visual.conv1.weight
+        fmt = (torch.channels_last if like.is_contiguous(memory_format=torch.channels_last)
+               and not like.is_contiguous() else torch.contiguous_format)
+        if conv.device != like.device or conv.dtype != like.dtype \
+                or not conv.is_contiguous(memory_format=fmt):
+            with torch.inference_mode(False):
+                clip.to(device=like.device, dtype=like.dtype, memory_format=fmt)
+        return clip
+
+
 class CLIPSR(nn.Module):
     """CLIP-SR generator. Build with ``CLIPSR(config)``; attach a CLIP backbone with
-    ``attach_clip`` for text-conditioned configs (CLIP is frozen and not part of ``state_dict``)."""
+    ``attach_clip`` for text-conditioned configs (CLIP is frozen and held outside the module
+    tree: :class:`FrozenClip`)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -160,7 +194,7 @@ class CLIPSR(nn.Module):
             self.prompt_predictor = PromptPredictor(d, cfg.clip_width, cfg.prompt_tokens)
             self.fu_projection = FUProjection(cfg.clip_width, widths + cfg.up_widths[:cfg.num_up], d,
                                               film=cfg.fu_film)
-        self._clip = None
+        self._frozen_clip = FrozenClip()
         self._info = _describe(cfg, sum(p.numel() for p in self.parameters()))
 
     # -- description ---------------------------------------------------------------------------
@@ -212,22 +246,18 @@ class CLIPSR(nn.Module):
             if self.config.prompt_tokens > clip.visual_layers:
                 raise ModelError(f"CLIP {clip.spec} has {clip.visual_layers} visual blocks, fewer "
                                  f"than the model's {self.config.prompt_tokens} prompt tokens")
-        object.__setattr__(self, "_clip", clip)
+        self._frozen_clip.backbone = clip
 
     @property
     def clip(self):
-        return self._clip
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self._clip is not None:
-            self._clip._apply(fn)
-        return self
+        """The attached CLIP (None: none), on the generator's device (:class:`FrozenClip`)."""
+        return self._frozen_clip.follow(self.encoder.head.weight)
 
     def _need_clip(self):
-        if self._clip is None:
+        clip = self.clip
+        if clip is None:
             raise ModelError("this text-conditioned model has no CLIP attached")
-        return self._clip
+        return clip
 
     def text_embedding(self, texts: list[str | None] | None, batch: int = 1) -> torch.Tensor | None:
         """Sentence embeddings for ``texts`` (None entries → null); raw, not normalised."""
