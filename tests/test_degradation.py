@@ -233,6 +233,13 @@ def test_engine_denoise_0_and_1_equal_the_two_models(partnered):
                                                plain.upscale_tensor(lr))
     # a model without a partner: strength means nothing
     assert not Upscaler.load(str(a), **kw).blendable
+    # the blend weight the bands get: None where nothing blends (no placeholder strength),
+    # else the given or decided value; bands' None is the clean weights
+    assert plain._strength(1.0, lr) is None and plain._strength(None, lr) is None
+    assert up._strength(0.5, lr) == 0.5 and up._strength(Strength(1.0, "why"), lr) == 1.0
+    assert up._strength(None, lr) == up.strength_for(lr).value
+    rows = torch.cat([band for _, band in up.bands(lr, strength=None)], dim=2)
+    assert torch.allclose(rows, ref_clean, atol=1e-6)
 
 
 def test_the_partner_comes_from_the_resolved_entry_not_a_name(partnered):

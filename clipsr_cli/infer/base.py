@@ -45,7 +45,9 @@ class Engine:
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None, progress: ProgressFn | None = None,
-              strength: float = 0.0):  # pragma: no cover - abstract
+              strength: float | None = None):  # pragma: no cover - abstract
+        """``strength``: the blend weight (0: the clean weights, 1: the degradation-aware ones);
+        None: the clean weights, the only ones an engine that does not blend has."""
         raise NotImplementedError
 
     @property
@@ -59,9 +61,14 @@ class Engine:
             return Strength(0.0, "the model has no degradation-aware weights")
         return choose_strength(self.degradation, image)
 
-    def _strength(self, strength: StrengthLike, image: LoadedImage | torch.Tensor) -> float:
+    def _strength(self, strength: StrengthLike, image: LoadedImage | torch.Tensor) -> float | None:
+        """The blend weight ``bands`` runs ``image`` with: None where the engine has no
+        degradation-aware weights (nothing to blend: a given strength is ignored), else the
+        given strength's value, or the one decided from ``image``."""
+        if not self.blendable:
+            return None
         if strength is None:
-            strength = self.strength_for(image) if self.blendable else Strength(0.0, "")
+            strength = self.strength_for(image)
         return float(strength.value if isinstance(strength, Strength) else strength)
 
     def upscale_tensor(self, lr: torch.Tensor, text: str | None = None, *,

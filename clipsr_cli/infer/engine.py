@@ -97,11 +97,11 @@ class Upscaler(Engine):
     def blendable(self) -> bool:
         return self._blend is not None
 
-    def set_strength(self, strength: float) -> None:
-        """Run with the weights of ``strength`` (no-op for a model without degradation-aware
-        weights)."""
+    def set_strength(self, strength: float | None) -> None:
+        """Run with the weights of ``strength`` (None: the clean weights; no-op for a model
+        without degradation-aware weights)."""
         if self._blend is not None:
-            self._blend.apply(strength)
+            self._blend.apply(0.0 if strength is None else strength)
 
     @classmethod
     def load(cls, model: str | os.PathLike | ModelRef | None = None,
@@ -227,11 +227,12 @@ class Upscaler(Engine):
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None,
-              progress: ProgressFn | None = None, strength: float = 0.0):
+              progress: ProgressFn | None = None, strength: float | None = None):
         """Upscale ``lr`` (1, 3, H, W) in [0, 1]; yield finished output row bands
         ``(y0, band)`` (float32, clamped to [0, 1], cropped to s·W wide, rows beyond s·H dropped).
         This is the memory-lean core that every other method uses. ``strength``: the weights
-        between the clean (0) and the degradation-aware (1) ones, for a ``blendable`` model."""
+        between the clean (0) and the degradation-aware (1) ones, for a ``blendable`` model
+        (None: the clean weights)."""
         self.set_strength(strength)
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise InputError(f"expected an image tensor of shape (1, 3, H, W), got {tuple(lr.shape)}")
@@ -339,7 +340,7 @@ class Upscaler(Engine):
         network in one forward pass; they must have one size and fit untiled
         (:meth:`batch_limit`). Images of different strengths run one at a time."""
         strengths = self._strengths(images, strengths, strength)
-        values = {float(getattr(s, "value", s)) for s in strengths} if self.blendable else {0.0}
+        values = {float(getattr(s, "value", s)) for s in strengths} if self.blendable else {None}
         if len(images) == 1 or len(values) > 1:
             return super().upscale_images(images, texts, strengths)
         self.set_strength(values.pop())

@@ -104,7 +104,7 @@ class Pipeline(Engine):
 
     def bands(self, lr: torch.Tensor, text: str | None = None, *,
               text_embedding: torch.Tensor | None = None,
-              progress: ProgressFn | None = None, strength: float = 0.0):
+              progress: ProgressFn | None = None, strength: float | None = None):
         """Like ``Upscaler.bands``: every stage but the last produces its whole output (float32,
         CPU), the last yields row bands. ``strength`` goes to the first model stage; later
         model stages, which see an upscaled image, run at ``LATER_STAGE_STRENGTH`` (models with
