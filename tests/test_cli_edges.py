@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from clipsr_cli.cli.app import app
 from clipsr_cli.io import atomic
 from clipsr_cli.tasks import batch as B
+from clipsr_cli.tasks import batch_run
 
 runner = CliRunner()
 
@@ -181,7 +182,7 @@ def test_an_output_written_meanwhile_by_another_run(tmp_path, tiny_ckpt, monkeyp
     src, out, rep = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
     _png(src / "a.png")
     _png(src / "b.png", seed=1)
-    real = B._write
+    real = batch_run._write
 
     def other_run_first(job, *a, **kw):
         if job.dest.name == "a_x4.png":
@@ -189,7 +190,7 @@ def test_an_output_written_meanwhile_by_another_run(tmp_path, tiny_ckpt, monkeyp
             job.dest.write_bytes(b"the other run's output")
         return real(job, *a, **kw)
 
-    monkeypatch.setattr(B, "_write", other_run_first)
+    monkeypatch.setattr(batch_run, "_write", other_run_first)
     args = ["batch", str(src), "-o", str(out), "-m", str(tiny_ckpt(4)), "--report", str(rep)]
     r = runner.invoke(app, args + (["--skip-existing"] if skip else []))
     counts = json.loads(rep.read_text())["counts"]
