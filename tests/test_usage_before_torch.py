@@ -47,6 +47,8 @@ CASES = [
     (["eval", "-m", "m", "--data", "d", "--resizer", "nearest"], "--resizer must be one of"),
     (["compare", "a.png", "-m", "m", "--crop", "1,2,3"], "--crop must be x,y,w,h"),
     (["eval", "-m", "m", "--data", "d", "--precision", "fp8"], "unknown precision 'fp8'"),
+    (["eval", "-m", "m", "--data", "d", "--degrade", "blur:3"], "--degrade must be clean, jpeg:Q"),
+    (["eval", "-m", "m", "--data", "d", "--degrade", "jpeg:101"], "--degrade jpeg needs a whole"),
     (["compare", "a.png", "-m", "m", "--tile-overlap", "-3"], "--tile-overlap must be >= 0"),
     (["video", "a.mp4", "-s", "3"], "--scale must be 4, 8 or 16"),
     (["video", "a.mp4", "-o", "b.mp4", "--codec", "nope"], "unknown video encoder 'nope'"),

@@ -54,17 +54,17 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from clipsr_cli.cli.console import configure, info, tile_progress, warn
+        from clipsr_cli.data.conditions import parse_degradations
         from clipsr_cli.tasks.checks import check_eval
 
         configure(verbose=verbose, quiet=quiet)
         check_eval(resizer=resizer, text=text, captions=captions)  # before torch is imported
         options = o.engine_options(device=device, precision=precision, tile=tile,
                                    degradation=degradation, denoise=denoise)
-        from clipsr_cli.data.lr_file import parse_degradations
+        conditions = parse_degradations(degrade)
         from clipsr_cli.tasks.evaluate import check_report, evaluate, write_report
         from clipsr_cli.tasks.upscale import check_device_here, check_values, load_upscaler
 
-        conditions = parse_degradations(degrade)
         check_values(scale=scale)
         check_device_here(options)
         if report:
