@@ -58,12 +58,20 @@ def test_the_config_file_is_read_once(tmp_path, monkeypatch):
     assert cfg.preset == "gan" and cfg.data.scale == 2 and cfg.model.encoder_widths == (8, 12)
 
 
-def test_precision_is_the_engines_with_training_cpu_default():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_is_the_engines_auto_bf16_only_where_native(monkeypatch, native_bf16):
+    # one rule for training and inference: auto is bf16 on the CPU only where oneDNN has native
+    # bf16 (emulated bf16 trained ~9x slower than fp32 here: docs/training.md, "Speed")
+    from clipsr_cli.infer import devices
     from clipsr_cli.train.setup import resolve_amp
 
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) == torch.bfloat16  # docs/training.md: bf16 on the CPU
-    assert resolve_amp("bf16", cpu) == torch.bfloat16
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert devices.resolve_precision("auto", cpu) == expected
+    assert resolve_amp("auto", cpu) == (torch.bfloat16 if native_bf16 else None)
+    assert resolve_amp(" AUTO ", cpu) == resolve_amp("auto", cpu)
+    assert resolve_amp("bf16", cpu) == torch.bfloat16  # asked for: allowed (emulated if need be)
     assert resolve_amp("fp32", cpu) is None
     with pytest.raises(DeviceError, match="fp16"):
         resolve_amp("fp16", cpu)

@@ -46,7 +46,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     raise AssertionError(f"check_device let {spec!r} through")  # pragma: no cover
 
 
-def _cpu_bf16_fast() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 / AMX); elsewhere bf16 is
+    emulated and several times slower than fp32 (``auto`` precision then picks fp32)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - old or exotic builds
@@ -67,7 +69,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "mps":
             return torch.float16
-        return torch.bfloat16 if _cpu_bf16_fast() else torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if p == "fp16" and device.type == "cpu":
         raise DeviceError("fp16 is not supported on the CPU; use `precision='bf16'` or "
                           "`precision='fp32'`")

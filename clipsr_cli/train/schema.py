@@ -217,7 +217,8 @@ class RunSection:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N (torchrun picks cuda:LOCAL_RANK)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Autocast dtype of the generator (auto: bf16 on CUDA if supported and on CPU, else fp16)."""
+    """Autocast dtype of the generator (auto: inference's rule, bf16 on CUDA if supported, else
+    fp16; on the CPU bf16 only where oneDNN has native bf16, else fp32)."""
     channels_last: bool = True
     """channels_last memory format for the generator (faster convs with bf16)."""
     log_every: int = 50
