@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Literal
 
 from clipsr_cli.errors import ModelError
-from clipsr_cli.hub.weightfiles import suffixes_of
+from clipsr_cli.hub.weightfiles import kind_reads, suffixes_of
 from clipsr_cli.model.config import SCALES
 
 __all__ = ["ModelEntry", "FileEntry", "GeneratorEntry", "SpandrelEntry", "ClipEntry",
@@ -134,7 +134,7 @@ class FileEntry(ModelEntry):
     @classmethod
     def _reads(cls, raw: dict) -> bool:
         """Whether this kind reads a file of ``raw``'s name (by its ending)."""
-        return raw["file"].endswith(suffixes_of(cls.kind))
+        return kind_reads(cls.kind, raw["file"])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from pathlib import PurePath
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["WeightsFormat", "SUFFIXES", "weights_format", "suffixes_of"]
+__all__ = ["WeightsFormat", "SUFFIXES", "weights_format", "suffixes_of", "kind_reads"]
 
 #: ``safetensors``: read by safetensors (nothing executed); ``torch``: a PyTorch pickle, read only
 #: with ``torch.load(weights_only=True)`` (never a full unpickle); ``torchscript``: an OpenAI CLIP
@@ -47,3 +47,9 @@ def weights_format(name: str | PurePath) -> WeightsFormat | None:
 def suffixes_of(kind: str) -> tuple[str, ...]:
     """The file endings a registry entry of ``kind`` may name (empty: no file, a pipeline)."""
     return _KIND_SUFFIXES.get(kind, ())
+
+
+def kind_reads(kind: str, name: str | PurePath) -> bool:
+    """Whether a registry entry of ``kind`` may name a file called ``name`` (by its ending, case
+    as written: registry file names are exact)."""
+    return str(name).endswith(suffixes_of(kind))  # no endings (a pipeline): no file
