@@ -97,18 +97,19 @@ def test_ctrl_c_stops_a_shell_loop_of_clipsr_runs(tmp_path, tiny_ckpt):
     assert _parts(tmp_path / "out1") == [] and not (tmp_path / "out2").exists()
 
 
-def test_sigterm_cleans_up_then_ends_killed_by_sigterm(tmp_path, tiny_ckpt):
-    """The child's own wait status: killed by SIGTERM (a shell's $? = 143), after the same
-    cleanup as Ctrl-C (no temporary file, the summary line)."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_batch_cleans_up_then_ends_killed_by_the_signal(tmp_path, tiny_ckpt, sig):
+    """The child's own wait status: killed by SIGINT (a shell's $? = 130) or SIGTERM (143),
+    after the same cleanup (no temporary file, the summary line)."""
     src, out = _images(tmp_path / "in", 40), tmp_path / "out"
     proc = _start([sys.executable, "-m", "clipsr_cli", "batch", str(src), "-o", str(out), "-m",
                    str(tiny_ckpt()), "--device", "cpu"],
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = _first_line(proc)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     err = _finish(proc)
     assert first, err
-    assert proc.returncode == -signal.SIGTERM, err
+    assert proc.returncode == -sig, err
     assert "interrupted" in err and "Traceback" not in err
     assert 0 < len(list(out.iterdir())) < 40 and _parts(out) == []
 
