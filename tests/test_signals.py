@@ -35,15 +35,16 @@ def _images(folder: Path, n: int, side: int = 128) -> Path:
     return folder
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    """stderr of a signalled process (group); one that does not end is killed and reported."""
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[bytes, str]:
+    """stdout and stderr of a signalled process (group); one that does not end is killed (the
+    whole group: nothing is left running after the test) and reported."""
     try:
-        _, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
         raise AssertionError(f"still running {timeout} s after the signal: {err.decode()}")
-    return err.decode()
+    return out, err.decode()
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -86,7 +87,7 @@ def test_ctrl_c_stops_a_shell_loop_of_clipsr_runs(tmp_path, tiny_ckpt):
     proc = _start(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = _first_line(proc)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    err = _finish(proc)
+    _, err = _finish(proc)
     assert first, err
     assert proc.returncode == -signal.SIGINT, err
     assert "run 1" in err and "interrupted" in err
@@ -107,7 +108,7 @@ def test_a_signalled_batch_cleans_up_then_ends_killed_by_the_signal(tmp_path, ti
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = _first_line(proc)
     os.killpg(proc.pid, sig)
-    err = _finish(proc)
+    _, err = _finish(proc)
     assert first, err
     assert proc.returncode == -sig, err
     assert "interrupted" in err and "Traceback" not in err
@@ -137,8 +138,7 @@ def test_ctrl_c_in_training_checkpoints_then_ends_killed_by_sigint(tmp_path):
         _, err = proc.communicate()
         raise AssertionError(f"no logged step within 180 s (rc {proc.returncode}): {err.decode()}")
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    err = err.decode()
+    out, err = _finish(proc, timeout=120)
     assert proc.returncode == -signal.SIGINT, err
     assert "interrupted at step" in err and "Traceback" not in err
     assert out == b""  # no result: the run did not finish
