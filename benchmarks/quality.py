@@ -82,6 +82,12 @@ class PeerEngine:
         self.info = SimpleNamespace(text_conditioned=False)
         self._torch = torch
 
+    def strength_for(self, image):
+        """A peer has no degradation-aware weights: run as published (what eval reports)."""
+        from clipsr_cli.infer.degradation import Strength
+
+        return Strength(0.0, "a peer: run as published")
+
     def upscale_tensor(self, lr, text=None, **_):
         from clipsr_cli.data.degrade import imresize
 
