@@ -273,9 +273,9 @@ def test_output_over_the_size_limit_fails_before_any_frame(clips, model, tmp_pat
 
     monkeypatch.setattr(video_read, "decode_frames", no_decoding)
     monkeypatch.setattr("clipsr_cli.tasks.video_run.decode_frames", no_decoding)
-    monkeypatch.setenv("CLIPSR_MAX_PIXELS", "10000")  # 160×120 = 19200 output pixels
+    monkeypatch.setenv("CLIPSR_MAX_PIXELS", "4000")  # outputs: 4 × 4000 < 160×120 = 19200
     r = _cli([str(clips["a"]), "-o", str(tmp_path / "big.mp4")], model)
-    _one_error_line(r, 1, "would become 160×120 frames")
+    _one_error_line(r, 1, "would be 160×120")
     assert "CLIPSR_MAX_PIXELS" in r.stderr and not (tmp_path / "big.mp4.parts").exists()
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from clipsr_cli.errors import InputError, UsageError, log
-from clipsr_cli.io.formats import MAX_PIXELS_ENV, max_pixels_limit
+from clipsr_cli.io.memory import check_output
 from clipsr_cli.io.outputs import check_destination
 from clipsr_cli.io.video_read import probe
 from clipsr_cli.io.video_write import CONTAINERS, EncoderChoice, check_copyable, choose_encoder
@@ -113,13 +113,10 @@ def default_output(input: str | os.PathLike, scale: int, suffix: str | None = No
 
 
 def _check_output_size(width: int, height: int, name: str) -> None:
-    """The output frames are judged by the project's pixel limit (one frame is one image)."""
-    limit = max_pixels_limit()
-    if width * height > limit:
-        raise InputError(f"{name} would become {width}×{height} frames "
-                         f"({width * height / 1e6:.4g} MP), more than the limit of "
-                         f"{limit / 1e6:.4g} MP for one image; use a smaller `scale` or "
-                         f"`width`, or raise the limit with {MAX_PIXELS_ENV}=N")
+    """The output frames are judged as every output is (:func:`clipsr_cli.io.memory.check_output`:
+    the output pixel limit and the memory of one 8-bit RGB frame)."""
+    check_output(width, height, bytes_per_pixel=3, what=f"the frames of {name}",
+                 hint="use a smaller `scale` or `width`")
 
 
 def _strength(up, first_frames) -> tuple[float, str]:
